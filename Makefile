@@ -1,0 +1,45 @@
+# metanlp: `make help` lists the targets. The first target that needs it creates .venv,
+# installing torch first (a CPU wheel by default) so that no CUDA build is pulled in implicitly.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST := $(BIN)/python -m pytest
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast test-full smoke lint clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install metanlp with its dev tools (TORCH=... to choose the torch build)
+
+run: $(STAMP) ## the default experiment: ProtoNet + word CNN on the built-in topics, offline
+	$(BIN)/metanlp train
+
+test: $(STAMP) ## the test suite CI runs (unit, CLI smoke, and real-data tests when METANLP_DATA_ROOT is set)
+	$(PYTEST) -q
+
+test-fast: $(STAMP) ## unit tests only (no CLI subprocesses, no slow tests)
+	$(PYTEST) -q -m "not smoke and not slow"
+
+test-full: $(STAMP) ## everything, slow end-to-end checks included
+	$(PYTEST) -q --run-slow
+
+smoke: $(STAMP) ## one tiny train + eval through the CLI
+	$(BIN)/metanlp train trainer=smoke hydra.run.dir=outputs/smoke/train
+	$(BIN)/metanlp eval checkpoint=outputs/smoke/train/checkpoints/best.pt hydra.run.dir=outputs/smoke/eval
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check metanlp_cli tests
+
+clean: ## remove run outputs and caches (keeps .venv)
+	rm -rf outputs multirun .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

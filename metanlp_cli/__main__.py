@@ -1,0 +1,3 @@
+from metanlp_cli.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Text encoders: token ids [batch, length] -> features [batch, output_dim]."""

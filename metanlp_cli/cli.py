@@ -1,0 +1,162 @@
+"""`metanlp train|eval ...`: check the overrides, then hand them to that command's Hydra app."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from metanlp_cli import CONFIG_DIR, __version__
+from metanlp_cli.errors import MetaNLPError, report_errors, traceback_requested
+
+COMMANDS = {
+    "train": ("train", "meta-train a model, validate it, score the best checkpoint on the test protocol"),
+    "eval": ("eval", "score a checkpoint: metanlp eval checkpoint=RUN_DIR/checkpoints/best.pt [protocol.*=...]"),
+}
+HYDRA_FLAGS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--info",
+    "--experimental-rerun",
+}
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Every config group (a folder of configs/) with its choices, nested ones as `glue/cola`."""
+    groups = {}
+    for folder in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir()):
+        groups[folder.name] = sorted(str(f.relative_to(folder).with_suffix("")) for f in folder.rglob("*.yaml"))
+    return groups
+
+
+def usage() -> str:
+    lines = [
+        f"metanlp {__version__}: meta-learning experiments for NLP",
+        "",
+        "usage: metanlp COMMAND [key=value ...] [group=choice ...] [-m] [--cfg job] [--help]",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<7}{help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += ["", "config groups (choose with group=choice; defaults in configs/train.yaml):"]
+    lines += [f"  {group:<15}{', '.join(choices) or '-'}" for group, choices in config_groups().items()]
+    lines += [
+        "",
+        "examples:",
+        "  metanlp train",
+        "  metanlp train algo=reptile backbone=lstm trainer.steps=500",
+        "  metanlp train -m algo=maml,protonet seed=1,2,3",
+        "  metanlp eval checkpoint=outputs/train/DATE/TIME/checkpoints/best.pt protocol.k_shot=1",
+        "",
+        "`metanlp COMMAND --help` shows Hydra's help for that command.",
+    ]
+    return "\n".join(lines)
+
+
+def _overrides(arguments: list[str]) -> list[str]:
+    """The key=value words of a command line (Hydra's flags and their values left out)."""
+    result, skip_next = [], False
+    for argument in arguments:
+        if skip_next:
+            skip_next = False
+        elif argument.startswith("-"):
+            skip_next = argument in HYDRA_FLAGS_WITH_VALUE and "=" not in argument
+        elif "=" in argument:
+            result.append(argument)
+    return result
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """`algo=foo` where no configs/algo/foo.yaml exists: one line naming what is allowed."""
+    groups = config_groups()
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key not in groups or "(" in value or value in ("", "null"):
+            continue
+        for choice in value.split(","):
+            if choice not in groups[key]:
+                raise MetaNLPError(f"{key}={choice!r} is not a known choice; allowed: {', '.join(groups[key])}")
+
+
+def check_composition(config_name: str, overrides: list[str]) -> None:
+    """Compose the config once before Hydra does, so a bad key or type is one line, not a report."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name=config_name):
+        try:
+            compose(config_name, overrides=plain)
+        except (HydraException, OmegaConfBaseException) as error:
+            unknown = re.match(r"Could not override '([^']+)'", str(error))
+            if unknown:
+                key = unknown.group(1)
+                parent, _, leaf = key.rpartition(".")
+                others = [o for o in plain if not o.startswith(f"{key}=")]
+                node = OmegaConf.select(compose(config_name, overrides=others), parent) if parent else None
+                allowed = f"; allowed: {', '.join(map(str, node))}" if hasattr(node, "keys") else ""
+                raise MetaNLPError(f"{key} is not a known key{allowed} (add a new key with +{key}=...)") from None
+            message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            raise MetaNLPError(message) from None
+
+
+def _train_task(cfg):
+    from hydra.core.hydra_config import HydraConfig
+
+    from metanlp_cli import train
+
+    runtime = HydraConfig.get().runtime
+    return train.run(cfg, Path(runtime.output_dir), dict(runtime.choices))
+
+
+def _eval_task(cfg):
+    from hydra.core.hydra_config import HydraConfig
+
+    from metanlp_cli import evaluate
+
+    hydra_cfg = HydraConfig.get()
+    evaluate.run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+
+
+TASKS = {"train": _train_task, "eval": _eval_task}
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or arguments[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    if arguments[0] in ("--version", "-V"):
+        print(__version__)
+        return
+    command, rest = arguments[0], arguments[1:]
+    try:
+        if command not in COMMANDS:
+            raise MetaNLPError(f"unknown command {command!r}; allowed: {', '.join(COMMANDS)}")
+        if not CONFIG_DIR.is_dir():
+            raise MetaNLPError(f"config folder {CONFIG_DIR} not found; install metanlp with `pip install -e .`")
+        overrides = _overrides(rest)
+        check_group_choices(overrides)
+        if not any(flag in rest for flag in ("-m", "--multirun", "--help", "-h", "--hydra-help")):
+            check_composition(COMMANDS[command][0], overrides)
+    except MetaNLPError as error:
+        if traceback_requested():
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+    import hydra
+
+    sys.argv = [f"metanlp {command}", *rest]
+    app = hydra.main(config_path=str(CONFIG_DIR), config_name=COMMANDS[command][0], version_base="1.3")(
+        report_errors(TASKS[command])
+    )
+    app()

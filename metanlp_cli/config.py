@@ -1,0 +1,164 @@
+"""Turning config nodes into objects: one checked path around `hydra.utils.instantiate`.
+
+Configs are user input, so a `_target_` may only name something inside `metanlp_cli.` (or a
+torch optimizer), and every key must be a parameter of that target with a value of the right type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import types
+import typing
+from typing import Any
+
+import hydra.utils
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from metanlp_cli.errors import MetaNLPError
+
+ALLOWED_TARGET_PREFIXES = ("metanlp_cli.", "torch.optim.")
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+def resolve_target(path: str, key: str) -> Any:
+    if not isinstance(path, str) or not path.startswith(ALLOWED_TARGET_PREFIXES):
+        raise MetaNLPError(f"{key}._target_={path!r} is not allowed; targets must be inside metanlp_cli.")
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise MetaNLPError(f"{key}._target_={path!r} does not exist ({error})") from None
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether a config value fits a constructor's type hint (only simple hints are checked)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, typing.Sequence) or annotation in (list, tuple):
+        return isinstance(value, (list, tuple, ListConfig))
+    if origin is dict or annotation is dict:
+        return isinstance(value, (dict, DictConfig))
+    return True
+
+
+def check_arguments(node: DictConfig, key: str, provided: set[str] = frozenset()) -> None:
+    """Every key of `node` is a parameter of its `_target_`, with a value of the hinted type."""
+    target = resolve_target(node.get("_target_"), key)
+    signature = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:  # unresolvable hints: check names only
+        hints = {}
+    parameters = {name: p for name, p in signature.parameters.items() if p.kind is not p.VAR_KEYWORD}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    for name in node:
+        if name in HYDRA_KEYS:
+            continue
+        if name not in parameters:
+            if takes_any:
+                continue
+            allowed = ", ".join(sorted(set(parameters) - provided - {"self"}))
+            raise MetaNLPError(f"{key}.{name} is not a parameter of {node._target_}; allowed: {allowed}")
+        value = node[name]
+        if isinstance(value, DictConfig) and "_target_" in value:
+            check_arguments(value, f"{key}.{name}")
+            continue
+        plain = OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
+        if name in hints and not _accepts(hints[name], plain):
+            expected = getattr(hints[name], "__name__", str(hints[name]))
+            raise MetaNLPError(f"{key}.{name}={plain!r} has the wrong type; expected {expected}")
+
+
+def build(node: DictConfig, key: str, **provided: Any) -> Any:
+    """Instantiate a config node after checking its target and arguments; `provided` are runtime objects."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise MetaNLPError(f"{key} must be a config with a _target_")
+    try:
+        check_arguments(node, key, set(provided))
+        # Runtime objects go to the partial, not through OmegaConf (which would convert dataclasses).
+        factory = hydra.utils.instantiate(node, _partial_=True, _convert_="all")
+    except OmegaConfBaseException as error:
+        raise MetaNLPError(f"{key}: {error.msg if hasattr(error, 'msg') else error}") from None
+    try:
+        return factory(**provided)
+    except ValueError as error:  # constructors raise ValueError for a bad value
+        raise MetaNLPError(f"{key}: {error}") from None
+
+
+def validate(node: DictConfig | None, schema: type, key: str) -> Any:
+    """Check a plain (target-less) config node against a dataclass schema; return the dataclass."""
+    try:
+        values = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        full_key = f"{key}.{error.key}" if getattr(error, "key", None) else key
+        message = str(error).splitlines()[0]
+        raise MetaNLPError(f"{full_key}: {message}") from None
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """Meta-training settings (configs/trainer/*.yaml)."""
+
+    steps: int = 300
+    meta_batch_size: int = 4
+    outer_optimizer: str = "adam"
+    outer_lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float | None = None  # noqa: UP007 (OmegaConf needs Optional)
+    eval_interval: int = 100
+    val_episodes: int = 100
+    log_interval: int = 10
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise MetaNLPError(f"trainer.device={self.device!r} is not allowed; allowed: auto, cpu, cuda")
+        if self.outer_optimizer not in ("adam", "sgd"):
+            raise MetaNLPError(f"trainer.outer_optimizer={self.outer_optimizer!r} is not allowed; allowed: adam, sgd")
+        for name in ("steps", "meta_batch_size", "eval_interval", "val_episodes", "log_interval"):
+            if getattr(self, name) < 1:
+                raise MetaNLPError(f"trainer.{name}={getattr(self, name)} must be >= 1")
+
+
+def apply_overrides(base: DictConfig, composed: DictConfig, overrides: list[str], skip: set[str]) -> DictConfig:
+    """Copy onto `base` what the user set on the command line, taking the values Hydra composed.
+
+    A group choice (`protocol=episodic`) replaces that whole node; a key (`protocol.episodes=100`)
+    replaces one value. Keys in `skip` belong to the calling command, not to `base`.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    result = OmegaConf.create(OmegaConf.to_container(base, resolve=False))
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group.replace("/", ".")
+        if key.split(".")[0] in skip or key.startswith("hydra"):
+            continue
+        if override.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(result, parent) if parent else result
+            if node is not None and leaf in node:
+                del node[leaf]
+            continue
+        value = OmegaConf.select(composed, key, throw_on_missing=False)
+        OmegaConf.update(result, key, value, merge=False, force_add=True)
+    return result

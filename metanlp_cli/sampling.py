@@ -1,0 +1,109 @@
+"""N-way K-shot Q-query episodes. Episode `i` of a sampler is a pure function of `(seed, i)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metanlp_cli.data.types import EncodedSplit
+from metanlp_cli.errors import MetaNLPError
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token ids and episode-local labels (0..N-1); `classes` are the split-level class ids."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    classes: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.inputs.to(device), self.labels.to(device), self.classes.to(device))
+
+
+@dataclass(frozen=True)
+class Episode:
+    """A task: a support set to adapt on and a disjoint query set to score."""
+
+    support: Batch
+    query: Batch
+    class_names: tuple[str, ...]
+
+    @property
+    def n_way(self) -> int:
+        return len(self.class_names)
+
+    def to(self, device: torch.device | str) -> Episode:
+        return Episode(self.support.to(device), self.query.to(device), self.class_names)
+
+
+def _trim(token_ids: torch.Tensor) -> torch.Tensor:
+    """Drop padding columns that no row of this batch uses (keeps at least 5 for the CNN)."""
+    used = int((token_ids != 0).any(dim=0).nonzero().max().item()) + 1 if token_ids.any() else 1
+    return token_ids[:, : max(used, min(5, token_ids.shape[1]))]
+
+
+class EpisodeSampler:
+    """Samples N classes, then K support and Q query examples of each, without overlap."""
+
+    def __init__(
+        self,
+        split: EncodedSplit,
+        n_way: int = 5,
+        k_shot: int = 5,
+        q_query: int = 15,
+        seed: int = 0,
+        key: str = "sampler",
+    ) -> None:
+        if n_way < 2 or k_shot < 1 or q_query < 1:
+            raise MetaNLPError(f"{key}: need n_way >= 2, k_shot >= 1, q_query >= 1 (got {n_way}, {k_shot}, {q_query})")
+        if n_way > len(split.class_names):
+            raise MetaNLPError(
+                f"{key}.n_way={n_way} but the {split.name} split has only {len(split.class_names)} classes; "
+                f"allowed: n_way <= {len(split.class_names)}"
+            )
+        sizes = np.array([len(rows) for rows in split.rows_by_class])
+        if (sizes < k_shot + q_query).any():
+            smallest = int(sizes.argmin())
+            raise MetaNLPError(
+                f"{key}: k_shot + q_query = {k_shot + q_query} but class {split.class_names[smallest]!r} "
+                f"of the {split.name} split has only {sizes[smallest]} examples; "
+                f"allowed: k_shot + q_query <= {sizes.min()}"
+            )
+        self.split = split
+        self.n_way, self.k_shot, self.q_query, self.seed = n_way, k_shot, q_query, seed
+
+    def episode(self, index: int) -> Episode:
+        rng = np.random.default_rng([self.seed, index])
+        classes = rng.choice(len(self.split.class_names), size=self.n_way, replace=False)
+        support_rows, query_rows = [], []
+        for class_id in classes:
+            rows = self.split.rows_by_class[class_id]
+            chosen = rows[rng.choice(len(rows), size=self.k_shot + self.q_query, replace=False)]
+            support_rows.append(chosen[: self.k_shot])
+            query_rows.append(chosen[self.k_shot :])
+        return Episode(
+            support=self._batch(np.concatenate(support_rows), classes, self.k_shot),
+            query=self._batch(np.concatenate(query_rows), classes, self.q_query),
+            class_names=tuple(self.split.class_names[c] for c in classes),
+        )
+
+    def _batch(self, rows: np.ndarray, classes: np.ndarray, per_class: int) -> Batch:
+        index = torch.from_numpy(rows).to(self.split.token_ids.device)
+        local = torch.arange(len(classes)).repeat_interleave(per_class)
+        return Batch(
+            inputs=_trim(self.split.token_ids[index]),
+            labels=local.to(index.device),
+            classes=torch.from_numpy(classes).to(index.device),
+        )
+
+    def meta_batch(self, step: int, size: int) -> list[Episode]:
+        return [self.episode(step * size + j) for j in range(size)]
+
+    def episodes(self, count: int) -> list[Episode]:
+        return [self.episode(i) for i in range(count)]

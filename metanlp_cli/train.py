@@ -1,0 +1,151 @@
+"""The train recipe: data -> tokenizer -> model -> meta-training with validation -> test results.
+
+Reads top to bottom; every building block lives in its own module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from metanlp_cli.algorithms.base import Algorithm, LabelSpace
+from metanlp_cli.checkpoint import load_checkpoint, save_checkpoint
+from metanlp_cli.components import build_algorithm, encode_splits, load_dataset, resolve_device
+from metanlp_cli.config import TrainerConfig, build, validate
+from metanlp_cli.errors import MetaNLPError
+from metanlp_cli.metrics import mean_confidence_interval
+from metanlp_cli.protocols import episode_accuracies
+from metanlp_cli.results import format_score, summary_line, write_results
+
+log = logging.getLogger(__name__)
+
+
+def outer_optimizer(algo: Algorithm, trainer: TrainerConfig) -> torch.optim.Optimizer:
+    parameters = [p for p in algo.parameters() if p.requires_grad]
+    if trainer.outer_optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=trainer.outer_lr, weight_decay=trainer.weight_decay)
+    return torch.optim.Adam(parameters, lr=trainer.outer_lr, weight_decay=trainer.weight_decay)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a") as file:
+        file.write(json.dumps(record) + "\n")
+
+
+def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
+    """Meta-train, keep the best checkpoint by validation accuracy, score it on the test protocol.
+
+    Returns the best validation accuracy (what a hyper-parameter search maximises).
+    """
+    trainer = validate(cfg.trainer, TrainerConfig, "trainer")
+    device = resolve_device(trainer.device)
+    torch.manual_seed(trainer.seed)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    # Data, tokenized once: the vocabulary comes from the meta-train split only.
+    dataset = load_dataset(cfg)
+    tokenizer = build(cfg.backbone.tokenizer, "backbone.tokenizer").fit(dataset.train.texts)
+    splits, seconds = encode_splits(tokenizer, dataset, ("train", "val", "test"), device)
+    log.info(
+        "%s: %d/%d/%d classes, vocabulary %d, tokenized in %.2fs",
+        dataset.name,
+        len(dataset.train.class_names),
+        len(dataset.val.class_names),
+        len(dataset.test.class_names),
+        tokenizer.vocab_size,
+        seconds,
+    )
+
+    # Model, episodes, optimizer. Validation and test episodes are fixed by the protocol's seed.
+    label_space = LabelSpace(cfg.sampler.n_way, len(dataset.train.class_names))
+    algo = build_algorithm(cfg, tokenizer.vocab_size, label_space).to(device)
+    sampler = build(cfg.sampler, "sampler", split=splits["train"], seed=trainer.seed)
+    protocol = build(cfg.protocol, "protocol")
+    val_episodes = protocol.episodes(splits["val"], trainer.val_episodes)
+    protocol.sampler(splits["test"])  # fail now, not after training, if the test split cannot hold it
+    optimizer = outer_optimizer(algo, trainer)
+    log.info(
+        "%s with %s on %s: %d parameters",
+        choices.get("algo"),
+        choices.get("backbone"),
+        device,
+        sum(p.numel() for p in algo.parameters()),
+    )
+
+    checkpoint_dir = run_dir / "checkpoints"
+    checkpoint = {
+        "config": OmegaConf.to_container(cfg, resolve=False),
+        "choices": choices,
+        "tokenizer": tokenizer.state_dict(),
+        "label_space": {"n_way": label_space.n_way, "num_train_classes": label_space.num_train_classes},
+    }
+    best_val, started = -math.inf, time.perf_counter()
+    progress = tqdm(range(trainer.steps), desc="meta-train", disable=not trainer.progress, dynamic_ncols=True)
+    for step in progress:
+        algo.train()
+        optimizer.zero_grad()
+        meta_loss = 0.0
+        for episode in sampler.meta_batch(step, trainer.meta_batch_size):
+            episode = episode.to(device)
+            learner = algo.adapt(episode.support)
+            loss = algo.meta_loss(learner, episode.query) / trainer.meta_batch_size
+            loss.backward()
+            meta_loss += loss.item()
+        if not math.isfinite(meta_loss):
+            raise MetaNLPError(
+                f"meta-loss became {meta_loss} at step {step}; lower trainer.outer_lr or "
+                f"algo.inner_lr (last good checkpoint: {checkpoint_dir / 'last.pt'})"
+            )
+        if trainer.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(algo.parameters(), trainer.grad_clip)
+        optimizer.step()
+
+        if (step + 1) % trainer.log_interval == 0:
+            append_jsonl(run_dir / "metrics.jsonl", {"step": step + 1, "meta_loss": meta_loss})
+        if (step + 1) % trainer.eval_interval == 0 or step + 1 == trainer.steps:
+            val = mean_confidence_interval(episode_accuracies(algo, val_episodes, device, "validate", trainer.progress))
+            append_jsonl(
+                run_dir / "metrics.jsonl",
+                {
+                    "step": step + 1,
+                    "val_accuracy": val["mean"],
+                    "val_ci95": val["ci95"],
+                    "episodes_per_s": (step + 1) * trainer.meta_batch_size / (time.perf_counter() - started),
+                },
+            )
+            state = {
+                **checkpoint,
+                "model": algo.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step + 1,
+                "val_accuracy": val["mean"],
+            }
+            save_checkpoint(checkpoint_dir / "last.pt", state)
+            if val["mean"] > best_val:
+                best_val = val["mean"]
+                save_checkpoint(checkpoint_dir / "best.pt", state)
+            progress.set_postfix(loss=f"{meta_loss:.3f}", val=format_score(val))
+            log.info("step %d: meta-loss %.4f, validation accuracy %s", step + 1, meta_loss, format_score(val))
+
+    # Test: the best checkpoint by validation accuracy, on the protocol's fixed test episodes.
+    algo.load_state_dict(load_checkpoint(checkpoint_dir / "best.pt")["model"])
+    results = protocol.run(algo, splits["test"], device, trainer.progress)
+    results.update(
+        dataset=choices.get("dataset"),
+        algo=choices.get("algo"),
+        backbone=choices.get("backbone"),
+        checkpoint=str(checkpoint_dir / "best.pt"),
+        best_val_accuracy=best_val,
+    )
+    write_results(run_dir, results)
+    log.info(summary_line(results))
+    print(summary_line(results))
+    print(f"results: {run_dir / 'results.md'}")
+    return best_val

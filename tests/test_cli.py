@@ -1,0 +1,98 @@
+"""The CLI end to end: train with the smoke preset, evaluate the checkpoint, and the error messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from metanlp_cli import train
+
+
+def metanlp(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "metanlp_cli", *arguments], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.mark.smoke
+def test_train_then_eval_reproduces_the_results_exactly(tmp_path):
+    run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
+    trained = metanlp("train", "trainer=smoke", "algo=maml", f"hydra.run.dir={run_dir}")
+    assert trained.returncode == 0, trained.stderr
+    assert "test accuracy" in trained.stdout
+    for name in (
+        "results.json",
+        "results.md",
+        "metrics.jsonl",
+        "config.yaml",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+        "train.log",
+    ):
+        assert (run_dir / name).is_file(), name
+
+    evaluated = metanlp("eval", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", f"hydra.run.dir={eval_dir}")
+    assert evaluated.returncode == 0, evaluated.stderr
+    original = json.loads((run_dir / "results.json").read_text())
+    again = json.loads((eval_dir / "results.json").read_text())
+    assert again["episode_accuracies"] == original["episode_accuracies"]
+    assert again["accuracy"] == original["accuracy"]
+
+    fewer = metanlp(
+        "eval",
+        f"checkpoint={run_dir}",
+        "protocol.episodes=3",
+        "protocol.k_shot=1",
+        f"hydra.run.dir={tmp_path / 'eval2'}",
+    )
+    assert fewer.returncode == 0, fewer.stderr
+    changed = json.loads((tmp_path / "eval2" / "results.json").read_text())
+    assert changed["episodes"] == 3 and changed["k_shot"] == 1 and len(changed["episode_accuracies"]) == 3
+
+
+@pytest.mark.smoke
+def test_help_lists_commands_and_config_groups():
+    result = metanlp("--help")
+    assert result.returncode == 0
+    for text in ("train", "eval", "algo", "maml, protonet, reptile", "backbone", "cnn, lstm, transformer"):
+        assert text in result.stdout
+
+
+BAD_INPUTS = [
+    (["train", "algo=magic"], "algo='magic' is not a known choice; allowed: finetune, fomaml, maml"),
+    (["train", "trainer=smoke", "trainer.steps=abc"], "trainer.steps"),
+    (["train", "trainer.stepz=3"], "trainer.stepz is not a known key; allowed: steps, meta_batch_size"),
+    (["train", "trainer=smoke", "algo=maml", "algo.inner_lr=fast"], "algo.inner_lr='fast' has the wrong type"),
+    (["train", "trainer=smoke", "sampler.k_shot=30"], "k_shot + q_query = 45"),
+    (["train", "trainer=smoke", "sampler.n_way=12"], "sampler.n_way=12 but the train split has only 9 classes"),
+    (["eval", "checkpoint=/does/not/exist.pt"], "checkpoint='/does/not/exist.pt': file not found"),
+    (["evaluate"], "unknown command 'evaluate'; allowed: train, eval"),
+]
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("arguments,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_line(arguments, message, tmp_path):
+    result = metanlp(*arguments, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr
+    assert message in errors[0]
+
+
+ALGOS = ["protonet", "maml", "fomaml", "reptile", "finetune"]
+BACKBONES = ["cnn", "lstm", "transformer"]
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("algo", ALGOS)
+def test_every_algorithm_runs_with_every_backbone(algo, backbone, compose_config, tmp_path):
+    cfg = compose_config("train", [f"algo={algo}", f"backbone={backbone}", "trainer=smoke"])
+    best_val = train.run(cfg, tmp_path, {"algo": algo, "backbone": backbone, "dataset": "chatterbot"})
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert 0.0 <= best_val <= 1.0 and results["episodes"] == 10
+    assert 0.0 <= results["accuracy"]["mean"] <= 1.0

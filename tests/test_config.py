@@ -1,0 +1,50 @@
+"""One YAML = one constructor: every config key is a parameter of its target, with the right type."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from metanlp_cli import CONFIG_DIR
+from metanlp_cli.config import TrainerConfig, build, check_arguments, validate
+from metanlp_cli.errors import MetaNLPError
+
+TARGET_FILES = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if "_target_" in p.read_text())
+
+
+def target_nodes(node, key):
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield key, node
+        for name, value in node.items():
+            yield from target_nodes(value, f"{key}.{name}")
+
+
+@pytest.mark.parametrize("path", TARGET_FILES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_every_yaml_key_is_a_parameter_of_its_target(path: Path):
+    document = yaml.safe_load(path.read_text())
+    nodes = list(target_nodes(document, path.parent.name))
+    assert nodes
+    for key, node in nodes:
+        config = OmegaConf.create({k: v for k, v in node.items() if not (isinstance(v, str) and "${" in v)})
+        check_arguments(config, key)
+
+
+def test_trainer_presets_match_the_schema(compose_config):
+    for preset in ("default", "smoke"):
+        validate(compose_config("train", [f"trainer={preset}"]).trainer, TrainerConfig, "trainer")
+
+
+def test_unknown_key_and_wrong_type_name_the_key():
+    with pytest.raises(MetaNLPError, match=r"algo.inner_rate is not a parameter of .*MAML; allowed: .*inner_lr"):
+        build(OmegaConf.create({"_target_": "metanlp_cli.algorithms.maml.MAML", "inner_rate": 0.1}), "algo")
+    with pytest.raises(MetaNLPError, match=r"algo.inner_steps='five' has the wrong type; expected int"):
+        build(OmegaConf.create({"_target_": "metanlp_cli.algorithms.maml.MAML", "inner_steps": "five"}), "algo")
+    with pytest.raises(MetaNLPError, match=r"trainer.steps: .*'many'"):
+        validate(OmegaConf.create({"steps": "many"}), TrainerConfig, "trainer")
+
+
+def test_targets_outside_the_package_are_refused():
+    with pytest.raises(MetaNLPError, match="not allowed"):
+        build(OmegaConf.create({"_target_": "os.system", "command": "echo hi"}), "dataset")

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+
+from metanlp_cli.errors import MetaNLPError
+from metanlp_cli.sampling import EpisodeSampler
+from tests.conftest import keyword_split
+
+
+@pytest.fixture
+def split():
+    return keyword_split("train", range(0, 8), examples_per_class=20)
+
+
+def rows_of(batch, split):
+    """Map a batch's rows back to split row indices by matching token ids."""
+    table = {tuple(row.tolist()): i for i, row in enumerate(split.token_ids)}
+    width = split.token_ids.shape[1]
+    padded = torch.nn.functional.pad(batch.inputs, (0, width - batch.inputs.shape[1]))
+    return [table[tuple(row.tolist())] for row in padded]
+
+
+def test_episode_shape_labels_and_classes(split):
+    episode = EpisodeSampler(split, n_way=4, k_shot=3, q_query=5, seed=1).episode(0)
+    assert episode.n_way == 4 and len(set(episode.class_names)) == 4
+    assert episode.support.labels.tolist() == [c for c in range(4) for _ in range(3)]
+    assert episode.query.labels.tolist() == [c for c in range(4) for _ in range(5)]
+    # every row's true split label is the episode class its local label points to
+    for batch in (episode.support, episode.query):
+        true = split.labels[rows_of(batch, split)]
+        assert torch.equal(true, batch.classes[batch.labels])
+
+
+def test_support_and_query_never_share_an_example(split):
+    sampler = EpisodeSampler(split, n_way=5, k_shot=5, q_query=10, seed=3)
+    for index in range(20):
+        episode = sampler.episode(index)
+        support, query = rows_of(episode.support, split), rows_of(episode.query, split)
+        assert len(set(support)) == len(support) and len(set(query)) == len(query)
+        assert not set(support) & set(query)
+
+
+def test_episode_is_a_pure_function_of_seed_and_index(split):
+    a, b = EpisodeSampler(split, seed=7), EpisodeSampler(split, seed=7)
+    for index in (0, 5, 99):
+        assert torch.equal(a.episode(index).query.inputs, b.episode(index).query.inputs)
+        assert a.episode(index).class_names == b.episode(index).class_names
+    other = EpisodeSampler(split, seed=8)
+    assert any(a.episode(i).class_names != other.episode(i).class_names for i in range(10))
+    assert a.meta_batch(3, 2)[1].class_names == a.episode(7).class_names
+
+
+def test_episodes_cover_classes_roughly_uniformly(split):
+    sampler = EpisodeSampler(split, n_way=2, k_shot=1, q_query=1, seed=0)
+    counts = np.zeros(8)
+    for episode in sampler.episodes(800):
+        for name in episode.class_names:
+            counts[split.class_names.index(name)] += 1
+    assert counts.min() > 0.7 * counts.mean()
+
+
+def test_n_way_larger_than_classes_is_a_clear_error(split):
+    with pytest.raises(MetaNLPError, match=r"sampler.n_way=9 .* only 8 classes"):
+        EpisodeSampler(split, n_way=9)
+
+
+def test_k_plus_q_larger_than_a_class_is_a_clear_error(split):
+    with pytest.raises(MetaNLPError, match=r"k_shot \+ q_query = 25 .* only 20 examples"):
+        EpisodeSampler(split, n_way=5, k_shot=5, q_query=20)
