@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast test-full smoke lint clean
+.PHONY: help install run test test-fast test-full smoke bench lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ test-full: $(STAMP) ## everything, slow end-to-end checks included
 smoke: $(STAMP) ## one tiny train + eval through the CLI
 	$(BIN)/metanlp train trainer=smoke hydra.run.dir=outputs/smoke/train
 	$(BIN)/metanlp eval checkpoint=outputs/smoke/train/checkpoints/best.pt hydra.run.dir=outputs/smoke/eval
+
+bench: $(STAMP) ## run benchmarks/bench_*.py and write BENCHMARKS.md (BENCH="name ..." for some)
+	$(BIN)/python -m benchmarks $(BENCH)
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check metanlp_cli tests

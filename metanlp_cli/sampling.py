@@ -43,7 +43,10 @@ class Episode:
 
 
 def _trim(token_ids: torch.Tensor) -> torch.Tensor:
-    """Drop padding columns that no row of this batch uses (keeps at least 5 for the CNN)."""
+    """Drop padding columns that no row of this batch uses (keeps at least 5 for the CNN).
+    Float inputs (cached features) are returned as they are."""
+    if token_ids.is_floating_point():
+        return token_ids
     used = int((token_ids != 0).any(dim=0).nonzero().max().item()) + 1 if token_ids.any() else 1
     return token_ids[:, : max(used, min(5, token_ids.shape[1]))]
 
@@ -94,10 +97,10 @@ class EpisodeSampler:
         )
 
     def _batch(self, rows: np.ndarray, classes: np.ndarray, per_class: int) -> Batch:
-        index = torch.from_numpy(rows).to(self.split.token_ids.device)
+        index = torch.from_numpy(rows).to(self.split.inputs.device)
         local = torch.arange(len(classes)).repeat_interleave(per_class)
         return Batch(
-            inputs=_trim(self.split.token_ids[index]),
+            inputs=_trim(self.split.inputs[index]),
             labels=local.to(index.device),
             classes=torch.from_numpy(classes).to(index.device),
         )

@@ -14,8 +14,8 @@ def split():
 
 def rows_of(batch, split):
     """Map a batch's rows back to split row indices by matching token ids."""
-    table = {tuple(row.tolist()): i for i, row in enumerate(split.token_ids)}
-    width = split.token_ids.shape[1]
+    table = {tuple(row.tolist()): i for i, row in enumerate(split.inputs)}
+    width = split.inputs.shape[1]
     padded = torch.nn.functional.pad(batch.inputs, (0, width - batch.inputs.shape[1]))
     return [table[tuple(row.tolist())] for row in padded]
 

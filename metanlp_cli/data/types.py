@@ -54,23 +54,22 @@ class ClassSplit:
 
 @dataclass(frozen=True)
 class EncodedSplit:
-    """A split after tokenization: token ids padded with 0, and the row indices of each class."""
+    """A split ready for the model: one input row per example (token ids padded with 0, or cached
+    features), the labels, and the row indices of each class."""
 
     name: str
-    token_ids: torch.Tensor  # [examples, length], int64, 0 = padding
+    inputs: torch.Tensor  # [examples, ...]: int64 token ids (0 = padding) or float features
     labels: torch.Tensor  # [examples], int64
     class_names: list[str]
     rows_by_class: list[np.ndarray] = field(repr=False)
 
     @classmethod
-    def from_tensors(
-        cls, name: str, token_ids: torch.Tensor, labels: list[int], class_names: list[str]
-    ) -> EncodedSplit:
+    def from_tensors(cls, name: str, inputs: torch.Tensor, labels: list[int], class_names: list[str]) -> EncodedSplit:
         label_array = np.asarray(labels, dtype=np.int64)
         rows = [np.flatnonzero(label_array == c) for c in range(len(class_names))]
-        return cls(name, token_ids, torch.as_tensor(label_array), class_names, rows)
+        return cls(name, inputs, torch.as_tensor(label_array), class_names, rows)
 
     def to(self, device: torch.device | str) -> EncodedSplit:
         return EncodedSplit(
-            self.name, self.token_ids.to(device), self.labels.to(device), self.class_names, self.rows_by_class
+            self.name, self.inputs.to(device), self.labels.to(device), self.class_names, self.rows_by_class
         )
