@@ -44,9 +44,9 @@ class ANIL(Algorithm):
     def adapt(self, support: Batch) -> FastWeights:
         create_graph = self.training and not self.first_order
         n_way = episode_way(support, self.model.head.out_features)
-        features = self.model.encoder(support.inputs)
-        if not create_graph:  # the support features then reach the meta-gradient only through constants
-            features = features.detach()
+        # Without second-order terms the support features reach the meta-gradient only through constants.
+        with torch.set_grad_enabled(create_graph):
+            features = self.model.encoder(support.inputs)
         head = first_head_rows(dict(self.model.head.named_parameters(prefix="head")), n_way)
         loop = self.inner_train if self.training else self.inner_eval
         head = gradient_steps(
