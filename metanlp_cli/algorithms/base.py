@@ -63,7 +63,7 @@ def first_head_rows(parameters: Mapping[str, torch.Tensor], n_way: int) -> dict[
     """
     sliced = dict(parameters)
     for name in ("head.weight", "head.bias"):
-        if name in sliced:
+        if name in sliced and sliced[name].shape[0] > n_way:  # no view node in the graph when all rows are used
             sliced[name] = sliced[name][:n_way]
     return sliced
 
