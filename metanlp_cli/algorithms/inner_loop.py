@@ -173,8 +173,11 @@ def gradient_steps(
         batch = support_subset(support, loop.support_batch_size)
         _, gradients = support_gradients(forward, parameters, batch, adapted, create_graph)
         for name, gradient in zip(adapted, gradients, strict=True):
-            rate = loop.lr if learning_rates is None else learning_rates[name]
-            parameters[name] = parameters[name] - rate * gradient
+            # One fused op per update (fewer graph nodes for the second-order backward than p - lr * g).
+            if learning_rates is None:
+                parameters[name] = torch.add(parameters[name], gradient, alpha=-loop.lr)
+            else:
+                parameters[name] = torch.addcmul(parameters[name], learning_rates[name], gradient, value=-1.0)
     return parameters
 
 
