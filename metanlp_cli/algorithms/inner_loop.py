@@ -60,9 +60,9 @@ def encoder_blocks(encoder: nn.Module, prefix: str = "encoder.") -> list[list[st
     """The encoder's parameter names grouped by block, input to output, from its `layer_names()`.
 
     `layer_names()` lists submodule names in forward order (the CNN: embedding, convolutions).
-    A parameter under no listed name joins the block listed before it in registration order
-    (the Transformer's position table joins the embedding, its final norm the last layer).
-    None when the encoder does not list its blocks.
+    A parameter under no listed name joins the block of the parameter registered before it (the
+    first block if none is): the Transformer's position table joins the embedding, its final norm
+    the last layer. None when the encoder does not list its blocks.
     """
     if not hasattr(encoder, "layer_names"):
         return None
