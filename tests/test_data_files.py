@@ -105,6 +105,8 @@ def test_user_file_errors_name_the_file_and_line(tmp_path):
         user_files(str(path), label_column="intent")
     with pytest.raises(MetaNLPError, match=r"dataset.val_classes: class 'nope' is not a label of"):
         user_files(str(path), val_classes=["nope"], test_classes=["cards"])
+    with pytest.raises(MetaNLPError, match=r"give both dataset.val_classes and dataset.test_classes, or neither"):
+        user_files(str(path), val_classes=["cards"])
     with pytest.raises(MetaNLPError, match=r"dataset.train_file='.*missing.csv': file not found"):
         user_files(str(tmp_path / "missing.csv"))
     path = write(tmp_path / "empty.jsonl", json.dumps({"text": "", "label": "a"}) + "\n")

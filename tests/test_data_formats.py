@@ -297,3 +297,11 @@ def test_non_utf8_line_is_a_bad_row(tmp_path, on_bad_rows):
     else:
         with pytest.raises(Exception, match=r"train.jsonl: line 2: not valid UTF-8 \(byte 0xe9 at column 18\)"):
             jsonl_class_split(str(tmp_path), "q")
+
+
+def test_csv_rows_spanning_lines_keep_their_first_line_number(tmp_path):
+    from metanlp_cli.data.read import BadRows, read_delimited
+
+    path = write(tmp_path / "t.csv", 'label,text\n0,"line one\nline two"\n1,ok\n\n2,"x"\n')
+    rows = list(read_delimited(path, "csv", BadRows()))
+    assert rows == [(1, ["label", "text"]), (2, ["0", "line one\nline two"]), (4, ["1", "ok"]), (6, ["2", "x"])]

@@ -121,7 +121,9 @@ def _divide_classes(
     classes: list[str], val_classes, test_classes, val_fraction: float, test_fraction: float, seed: int, source: str
 ) -> tuple[list[str], list[str], list[str]]:
     if val_classes is not None or test_classes is not None:
-        val, test = list(val_classes or []), list(test_classes or [])
+        val, test = [str(c) for c in val_classes or []], [str(c) for c in test_classes or []]
+        if not val or not test:
+            raise MetaNLPError("give both dataset.val_classes and dataset.test_classes, or neither (fractions)")
         for key, chosen in (("val_classes", val), ("test_classes", test)):
             unknown = [c for c in chosen if c not in classes]
             if unknown:
