@@ -84,12 +84,9 @@ def log_phase_splits(phase: str, parts: list[tuple[str, str, object]]) -> None:
 
 def no_episodes_message(dataset: Dataset, phase: str) -> str:
     regression = [task.name for task in getattr(dataset, "tasks", []) if task.regression]
-    reason = (
-        f" ({', '.join(regression[:3])} {'has' if len(regression) == 1 else 'have'} regression targets; "
-        "episodes need class labels)"
-        if regression
-        else ""
-    )
+    named = ", ".join(regression[:2]) + (f" and {len(regression) - 2} more" if len(regression) > 2 else "")
+    has = "has" if len(regression) == 1 else "have"
+    reason = f" ({named} {has} regression targets; episodes need class labels)" if regression else ""
     splits = " or ".join(PHASE_SPLITS[phase])
     return f"dataset {dataset.name} has no classification task with a {splits} split for the {phase} episodes{reason}"
 
