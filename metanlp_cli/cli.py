@@ -12,7 +12,9 @@ from metanlp_cli.errors import MetaNLPError, report_errors, traceback_requested
 COMMANDS = {
     "train": ("train", "meta-train a model, validate it, score the best checkpoint on the test protocol"),
     "eval": ("eval", "score a checkpoint: metanlp eval checkpoint=RUN_DIR/checkpoints/best.pt [protocol.*=...]"),
+    "data": ("data", "check a dataset before training: metanlp data describe dataset=NAME"),
 }
+DATA_ACTIONS = ("describe",)
 HYDRA_FLAGS_WITH_VALUE = {
     "--cfg",
     "-c",
@@ -53,6 +55,7 @@ def usage() -> str:
         "  metanlp train algo=reptile backbone=lstm trainer.steps=500",
         "  metanlp train -m algo=maml,protonet seed=1,2,3",
         "  metanlp eval checkpoint=outputs/train/DATE/TIME/checkpoints/best.pt protocol.k_shot=1",
+        "  metanlp data describe dataset=glue/mrpc",
         "",
         "`metanlp COMMAND --help` shows Hydra's help for that command.",
     ]
@@ -126,7 +129,13 @@ def _eval_task(cfg):
     evaluate.run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
 
 
-TASKS = {"train": _train_task, "eval": _eval_task}
+def _data_task(cfg):
+    from metanlp_cli.data import describe
+
+    describe.run(cfg)
+
+
+TASKS = {"train": _train_task, "eval": _eval_task, "data": _data_task}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,6 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if command not in COMMANDS:
             raise MetaNLPError(f"unknown command {command!r}; allowed: {', '.join(COMMANDS)}")
+        if command == "data":
+            action = rest.pop(0) if rest and "=" not in rest[0] and not rest[0].startswith("-") else None
+            if action not in DATA_ACTIONS:
+                given = f"unknown action {action!r}" if action else "an action is needed"
+                raise MetaNLPError(f"metanlp data: {given}; allowed: {', '.join(DATA_ACTIONS)}")
         if not CONFIG_DIR.is_dir():
             raise MetaNLPError(f"config folder {CONFIG_DIR} not found; install metanlp with `pip install -e .`")
         overrides = _overrides(rest)
@@ -155,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import hydra
 
-    sys.argv = [f"metanlp {command}", *rest]
+    sys.argv = [f"metanlp {command}", *rest]  # `metanlp data describe`: the action is already taken off
     app = hydra.main(config_path=str(CONFIG_DIR), config_name=COMMANDS[command][0], version_base="1.3")(
         report_errors(TASKS[command])
     )

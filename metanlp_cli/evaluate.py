@@ -32,7 +32,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     device = resolve_device(trainer.device)
     tokenizer = build(run_cfg.backbone.tokenizer, "backbone.tokenizer")
     tokenizer.load_state_dict(checkpoint["tokenizer"])
-    splits, _ = encode_splits(tokenizer, load_dataset(run_cfg), (cfg.split,), device)
+    splits, _ = encode_splits(tokenizer, load_dataset(run_cfg), (cfg.split,), device, cfg.paths.get("cache_dir"))
 
     algo = build_algorithm(run_cfg, tokenizer.vocab_size, LabelSpace(**checkpoint["label_space"])).to(device)
     algo.load_state_dict(checkpoint["model"])

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from metanlp_cli.algorithms.base import Algorithm, LabelSpace
 from metanlp_cli.checkpoint import load_checkpoint, save_checkpoint
-from metanlp_cli.components import build_algorithm, encode_splits, load_dataset, resolve_device
+from metanlp_cli.components import build_algorithm, encode_splits, load_dataset, resolve_device, training_texts
 from metanlp_cli.config import TrainerConfig, build, validate
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.metrics import mean_confidence_interval
@@ -49,22 +49,20 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     torch.manual_seed(trainer.seed)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    # Data, tokenized once: the vocabulary comes from the meta-train split only.
+    # Data, tokenized once (or read from the cache): the vocabulary comes from the meta-train split only.
     dataset = load_dataset(cfg)
-    tokenizer = build(cfg.backbone.tokenizer, "backbone.tokenizer").fit(dataset.train.texts)
-    splits, seconds = encode_splits(tokenizer, dataset, ("train", "val", "test"), device)
+    tokenizer = build(cfg.backbone.tokenizer, "backbone.tokenizer").fit(training_texts(dataset))
+    splits, seconds = encode_splits(tokenizer, dataset, ("train", "val", "test"), device, cfg.paths.get("cache_dir"))
     log.info(
-        "%s: %d/%d/%d classes, vocabulary %d, tokenized in %.2fs",
+        "%s: %s classes (train/val/test), vocabulary %d, tokenized in %.2fs",
         dataset.name,
-        len(dataset.train.class_names),
-        len(dataset.val.class_names),
-        len(dataset.test.class_names),
+        "/".join(str(len(splits[name].class_names)) for name in ("train", "val", "test")),
         tokenizer.vocab_size,
         seconds,
     )
 
     # Model, episodes, optimizer. Validation and test episodes are fixed by the protocol's seed.
-    label_space = LabelSpace(cfg.sampler.n_way, len(dataset.train.class_names))
+    label_space = LabelSpace(cfg.sampler.n_way, len(splits["train"].class_names))
     algo = build_algorithm(cfg, tokenizer.vocab_size, label_space).to(device)
     sampler = build(cfg.sampler, "sampler", split=splits["train"], seed=trainer.seed)
     protocol = build(cfg.protocol, "protocol")
