@@ -117,6 +117,9 @@ def test_trainable_layers_choose_what_the_outer_loop_trains(tiny_bert):
 
     everything = encoder_of(tiny_bert, trainable_layers="all")
     assert all(p.requires_grad for p in everything.parameters())
+    # attention=auto: fused kernels where nothing backpropagates through them, else the written-out one
+    assert frozen.model.config._attn_implementation == "sdpa"
+    assert top.model.config._attn_implementation == everything.model.config._attn_implementation == "eager"
     with pytest.raises(ValueError, match=r"trainable_layers=4 is not allowed; allowed: all, or 0 \(frozen\) to 3"):
         encoder_of(tiny_bert, trainable_layers=4)
 

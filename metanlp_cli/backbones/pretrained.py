@@ -147,7 +147,7 @@ class PretrainedEncoder(nn.Module):
     Frozen layers always run in eval mode (no dropout), so cached and uncached features agree;
     `dropout` sets the dropout probability of the trainable ones (null keeps the model's own).
     `attention=eager` is written out and has a double backward (second-order MAML); PyTorch's fused
-    `sdpa` kernels are faster but have none on CPU.
+    `sdpa` kernels are faster but have none on CPU; `auto` takes sdpa for a frozen encoder, else eager.
     """
 
     def __init__(
@@ -159,14 +159,16 @@ class PretrainedEncoder(nn.Module):
         output_dim: int | None = None,
         trainable_layers: int | str = 0,
         dropout: float | None = None,
-        attention: str = "eager",
+        attention: str = "auto",
         feature_batch_size: int = 64,
     ) -> None:
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling={pooling!r} is not allowed; allowed: mean, cls")
-        if attention not in ("eager", "sdpa"):
-            raise ValueError(f"attention={attention!r} is not allowed; allowed: eager, sdpa")
+        if attention not in ("auto", "eager", "sdpa"):
+            raise ValueError(f"attention={attention!r} is not allowed; allowed: auto, eager, sdpa")
+        if attention == "auto":  # nothing backpropagates through a frozen encoder's attention
+            attention = "sdpa" if trainable_layers == 0 else "eager"
         if dropout is not None and not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout} must be in [0, 1) or null")
         from transformers import AutoModel
