@@ -44,7 +44,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     encoder = build_encoder(run_cfg, tokenizer.vocab_size)
     algo = build_algorithm(run_cfg, encoder, LabelSpace(**checkpoint["label_space"])).to(device)
     algo.load_state_dict(checkpoint["model"])
-    splits, _ = cache_frozen_features(encoder, splits, trainer.progress)
+    splits, seconds = cache_frozen_features(encoder, splits, trainer.progress)
+    if seconds:
+        log.info("frozen layers: their output for every example computed once, in %.2fs", seconds)
     protocol = build(run_cfg.protocol, "protocol")
     results = protocol.run(algo, splits[cfg.split], device, trainer.progress)
 

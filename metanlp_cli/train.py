@@ -106,7 +106,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     algo = build_algorithm(cfg, encoder, label_space).to(device)
     splits, seconds = cache_frozen_features(encoder, splits, trainer.progress)
     if seconds:
-        log.info("frozen encoder: features of every example cached in %.2fs", seconds)
+        log.info("frozen layers: their output for every example computed once, in %.2fs", seconds)
     sampler = build(cfg.sampler, "sampler", split=splits["train"], seed=trainer.seed)
     protocol = build(cfg.protocol, "protocol")
     val_episodes = protocol.episodes(splits["val"], trainer.val_episodes)
