@@ -313,3 +313,18 @@ def test_minilm_from_the_package_puts_paraphrases_closest():
     similarity = features @ features.T
     torch.testing.assert_close(features.norm(dim=1), torch.ones(4))
     assert similarity[0, 1] > similarity[0, 2] and similarity[2, 3] > similarity[1, 3]
+
+
+def test_layer_names_partition_every_backbones_parameters_bottom_to_top(tiny_bert):
+    from metanlp_cli.backbones.cnn import WordCNN
+    from metanlp_cli.backbones.lstm import BiLSTM
+    from metanlp_cli.backbones.transformer import TransformerEncoder
+
+    encoders = [WordCNN(20), BiLSTM(20, num_layers=2), TransformerEncoder(20, layers=3)]
+    encoders.append(encoder_of(tiny_bert, output_dim=4))
+    for encoder in encoders:
+        prefixes = encoder.layer_names()
+        for name, _ in encoder.named_parameters():
+            owners = [p for p in prefixes if name.startswith(f"{p}.")]
+            assert len(owners) == 1, (type(encoder).__name__, name, owners)
+    assert encoders[2].layer_names()[2:] == ["layers.0", "layers.1", "layers.2", "norm"]
