@@ -328,3 +328,13 @@ def test_layer_names_partition_every_backbones_parameters_bottom_to_top(tiny_ber
             owners = [p for p in prefixes if name.startswith(f"{p}.")]
             assert len(owners) == 1, (type(encoder).__name__, name, owners)
     assert encoders[2].layer_names()[2:] == ["layers.0", "layers.1", "layers.2", "norm"]
+
+
+def test_texts_longer_than_the_models_positions_name_the_key(tiny_bert):
+    tokenizer = PretrainedTokenizer(tiny_bert, max_length=80)  # the tiny BERT has 64 positions
+    inputs = tokenizer.encode([" ".join(["rain"] * 70)])
+    with pytest.raises(
+        MetaNLPError,
+        match=r"a text of 72 tokens but the model has 64 positions; set backbone.tokenizer.max_length <= 64",
+    ):
+        encoder_of(tiny_bert)(inputs)

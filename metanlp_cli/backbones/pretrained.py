@@ -255,16 +255,16 @@ class PretrainedEncoder(nn.Module):
 
     def encode_tokens(self, packed: torch.Tensor) -> torch.Tensor:
         """Packed token ids [batch, length] -> pooled (and normalised) features [batch, hidden_size]."""
+        return self._pool(*self._hidden_states(packed, len(self._layers)))
+
+    def _hidden_states(self, packed: torch.Tensor, layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output of the lowest `layers` layers (embeddings included) for packed ids, and the mask."""
         positions = getattr(self.model.config, "max_position_embeddings", None)
         if positions is not None and packed.shape[1] > positions:
             raise MetaNLPError(
                 f"backbone: a text of {packed.shape[1]} tokens but the model has {positions} positions; "
                 f"set backbone.tokenizer.max_length <= {positions}"
             )
-        return self._pool(*self._hidden_states(packed, len(self._layers)))
-
-    def _hidden_states(self, packed: torch.Tensor, layers: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The output of the lowest `layers` layers (embeddings included) for packed ids, and the mask."""
         token_ids, segments, mask = unpack(packed, self.vocab_size)
         extra = {"token_type_ids": segments} if segments.any() else {}  # not every model takes segments
         if layers < len(self._layers):
