@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -277,6 +278,10 @@ def test_pretrained_backbone_learns_a_separable_task(tiny_bert, algorithm):
 def test_missing_model_or_tokenizer_names_what_was_looked_for(tmp_path, tiny_bert, monkeypatch):
     with pytest.raises(MetaNLPError, match=r"backbone.tokenizer.name_or_path='/no/such/model': no model directory"):
         PretrainedTokenizer("/no/such/model")
+    (tmp_path / "config-only").mkdir()
+    (tmp_path / "config-only" / "config.json").write_text((Path(tiny_bert) / "config.json").read_text())
+    with pytest.raises(MetaNLPError, match=r"name_or_path='.*config-only': no tokenizer vocabulary found in"):
+        PretrainedTokenizer(str(tmp_path / "config-only"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(MetaNLPError, match=r"backbone.encoder.name_or_path='.*empty': no model found in the directory"):
         PretrainedEncoder(VOCAB_SIZE, str(tmp_path / "empty"))

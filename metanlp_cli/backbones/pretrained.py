@@ -96,9 +96,15 @@ class PretrainedTokenizer:
     def _load(self) -> None:
         from transformers import AutoTokenizer
 
-        self.tokenizer = from_pretrained(
-            AutoTokenizer, self.name_or_path, "backbone.tokenizer.name_or_path", "tokenizer"
-        )
+        key = "backbone.tokenizer.name_or_path"
+        self.tokenizer = from_pretrained(AutoTokenizer, self.name_or_path, key, "tokenizer")
+        # Given only a config.json, transformers builds the model type's tokenizer with no vocabulary.
+        if len(self.tokenizer) <= len(self.tokenizer.all_special_tokens):
+            location, _ = resolve_model_path(self.name_or_path, key)
+            raise MetaNLPError(
+                f"{key}={self.name_or_path!r}: no tokenizer vocabulary found in {location} "
+                f"(tokenizer.json, vocab.txt, ...); save the tokenizer there with save_pretrained"
+            )
 
     @property
     def vocab_size(self) -> int:
