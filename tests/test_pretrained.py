@@ -350,3 +350,22 @@ def test_texts_longer_than_the_models_positions_name_the_key(tiny_bert):
         match=r"a text of 72 tokens but the model has 64 positions; set backbone.tokenizer.max_length <= 64",
     ):
         encoder_of(tiny_bert)(inputs)
+
+
+def test_checkpoints_hold_what_trains_and_load_back_exactly(tiny_bert):
+    encoder = encoder_of(tiny_bert, trainable_layers=1, output_dim=4)
+    algo = ProtoNet(encoder, LabelSpace(3, 4))
+    state = algo.state_dict()
+    trained = {f"encoder.{n}" for n, p in encoder.named_parameters() if p.requires_grad}
+    assert set(state) == trained | {n for n, _ in algo.named_buffers() if n in state}
+    assert "encoder.model.encoder.layer.1.output.dense.weight" in state
+    assert "encoder.model.encoder.layer.0.output.dense.weight" not in state
+
+    with torch.no_grad():
+        for name in trained:
+            algo.get_parameter(name).add_(1.0)
+    changed = algo.state_dict()
+    fresh = ProtoNet(encoder_of(tiny_bert, trainable_layers=1, output_dim=4), LabelSpace(3, 4))
+    fresh.load_state_dict(changed)  # strict: the frozen weights count as loaded
+    for name, parameter in algo.named_parameters():
+        torch.testing.assert_close(fresh.get_parameter(name), parameter, rtol=0, atol=0)

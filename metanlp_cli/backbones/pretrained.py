@@ -151,6 +151,22 @@ class PretrainedTokenizer:
             self._load()
 
 
+def _frozen_weight_names(encoder: PretrainedEncoder) -> list[str]:
+    return [f"model.{name}" for name, p in encoder.model.named_parameters() if not p.requires_grad]
+
+
+def _drop_frozen_weights(encoder: PretrainedEncoder, state_dict: dict, prefix: str, local_metadata) -> None:
+    """Checkpoints leave out the frozen pretrained weights: they are `name_or_path`'s, reloaded from there."""
+    for name in _frozen_weight_names(encoder):
+        state_dict.pop(prefix + name, None)
+
+
+def _keep_frozen_weights(encoder: PretrainedEncoder, state_dict: dict, prefix: str, *args) -> None:
+    """Loading such a checkpoint keeps the frozen weights loaded from `name_or_path`."""
+    for name in _frozen_weight_names(encoder):
+        state_dict.setdefault(prefix + name, encoder.get_parameter(name).detach())
+
+
 class PretrainedEncoder(nn.Module):
     """A pretrained transformer, pooled (`cls` token or `mean` over tokens), optionally L2-normalised and
     projected to `output_dim` by a new linear layer.
@@ -159,7 +175,8 @@ class PretrainedEncoder(nn.Module):
     are the lowest), `all` (every parameter), or 0 (frozen). What is frozen below the trained layers
     is computed once per split (`frozen_features`, see the module docstring).
     The inner loop adapts the parameters that `algo.inner_params` selects among the trainable ones.
-    Frozen layers always run in eval mode (no dropout), so cached and uncached features agree;
+    Frozen layers always run in eval mode (no dropout), so cached and uncached features agree, and
+    `state_dict()` leaves their weights out (checkpoints keep what trains; the rest is `name_or_path`'s);
     `dropout` sets the dropout probability of the trainable ones (null keeps the model's own).
     `attention=eager` is written out and has a double backward (second-order MAML); PyTorch's fused
     `sdpa` kernels are faster but have none on CPU; `auto` takes sdpa for a frozen encoder, else eager.
@@ -212,6 +229,8 @@ class PretrainedEncoder(nn.Module):
         self.projection = nn.Linear(hidden_size, output_dim) if output_dim else None
         self.output_dim = output_dim or hidden_size
         self._set_trainable(trainable_layers)
+        self.register_state_dict_post_hook(_drop_frozen_weights)
+        self.register_load_state_dict_pre_hook(_keep_frozen_weights)
 
     def _find_layers(self) -> list[tuple[str, nn.Module]]:
         """The model's blocks bottom to top, named relative to it: its embeddings, then each layer of its
