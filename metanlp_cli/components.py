@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from metanlp_cli.algorithms.base import Algorithm, LabelSpace
 from metanlp_cli.config import build
@@ -91,6 +93,28 @@ def no_episodes_message(dataset: Dataset, phase: str) -> str:
     return f"dataset {dataset.name} has no classification task with a {splits} split for the {phase} episodes{reason}"
 
 
-def build_algorithm(cfg: DictConfig, vocab_size: int, label_space: LabelSpace) -> Algorithm:
-    encoder = build(cfg.backbone.encoder, "backbone.encoder", vocab_size=vocab_size)
+def build_encoder(cfg: DictConfig, vocab_size: int) -> nn.Module:
+    return build(cfg.backbone.encoder, "backbone.encoder", vocab_size=vocab_size)
+
+
+def build_algorithm(cfg: DictConfig, encoder: nn.Module, label_space: LabelSpace) -> Algorithm:
     return build(cfg.algo, "algo", encoder=encoder, label_space=label_space)
+
+
+def cache_frozen_features(
+    encoder: nn.Module, splits: dict[str, EncodedSplit], progress: bool = True
+) -> tuple[dict[str, EncodedSplit], float]:
+    """Where the encoder is frozen, put its features in place of each split's token ids, computed once:
+    every episode, in training and evaluation, reuses them. Returns the seconds taken too.
+
+    An encoder opts in with `frozen_features(token_ids, progress) -> features | None` (None: it trains).
+    """
+    frozen_features = getattr(encoder, "frozen_features", None)
+    start = time.perf_counter()
+    cached = {}
+    for name, split in splits.items():
+        features = frozen_features(split.inputs, progress) if frozen_features else None
+        if features is None:
+            return splits, 0.0
+        cached[name] = dataclasses.replace(split, inputs=features)
+    return cached, time.perf_counter() - start

@@ -17,18 +17,30 @@ from tqdm.auto import tqdm
 
 from metanlp_cli.algorithms.base import Algorithm, LabelSpace
 from metanlp_cli.checkpoint import load_checkpoint, save_checkpoint
-from metanlp_cli.components import build_algorithm, encode_splits, load_dataset, resolve_device, training_texts
+from metanlp_cli.components import (
+    build_algorithm,
+    build_encoder,
+    cache_frozen_features,
+    encode_splits,
+    load_dataset,
+    resolve_device,
+    training_texts,
+)
 from metanlp_cli.config import TrainerConfig, build, validate
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.metrics import mean_confidence_interval
 from metanlp_cli.protocols import episode_accuracies
 from metanlp_cli.results import format_score, summary_line, write_results
+from metanlp_cli.sampling import Episode
 
 log = logging.getLogger(__name__)
 
 
-def outer_optimizer(algo: Algorithm, trainer: TrainerConfig) -> torch.optim.Optimizer:
+def outer_optimizer(algo: Algorithm, trainer: TrainerConfig) -> torch.optim.Optimizer | None:
+    """The meta-optimizer over the trainable parameters; None when every parameter is frozen."""
     parameters = [p for p in algo.parameters() if p.requires_grad]
+    if not parameters:
+        return None
     if trainer.outer_optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=trainer.outer_lr, weight_decay=trainer.weight_decay)
     return torch.optim.Adam(parameters, lr=trainer.outer_lr, weight_decay=trainer.weight_decay)
@@ -37,6 +49,32 @@ def outer_optimizer(algo: Algorithm, trainer: TrainerConfig) -> torch.optim.Opti
 def append_jsonl(path: Path, record: dict) -> None:
     with path.open("a") as file:
         file.write(json.dumps(record) + "\n")
+
+
+def validate_and_checkpoint(
+    algo: Algorithm,
+    val_episodes: list[Episode],
+    trainer: TrainerConfig,
+    checkpoint_dir: Path,
+    checkpoint: dict,
+    optimizer: torch.optim.Optimizer | None,
+    step: int,
+    best_val: float,
+) -> tuple[dict, float]:
+    """Score the validation episodes, write last.pt (and best.pt if better); returns the score and the best."""
+    device = next(algo.parameters()).device
+    val = mean_confidence_interval(episode_accuracies(algo, val_episodes, device, "validate", trainer.progress))
+    state = {
+        **checkpoint,
+        "model": algo.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer else None,
+        "step": step,
+        "val_accuracy": val["mean"],
+    }
+    save_checkpoint(checkpoint_dir / "last.pt", state)
+    if val["mean"] > best_val:
+        save_checkpoint(checkpoint_dir / "best.pt", state)
+    return val, max(best_val, val["mean"])
 
 
 def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
@@ -63,19 +101,27 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
 
     # Model, episodes, optimizer. Validation and test episodes are fixed by the protocol's seed.
     label_space = LabelSpace(cfg.sampler.n_way, len(splits["train"].class_names))
-    algo = build_algorithm(cfg, tokenizer.vocab_size, label_space).to(device)
+    encoder = build_encoder(cfg, tokenizer.vocab_size)
+    algo = build_algorithm(cfg, encoder, label_space).to(device)
+    splits, seconds = cache_frozen_features(encoder, splits, trainer.progress)
+    if seconds:
+        log.info("frozen layers: their output for every example computed once, in %.2fs", seconds)
     sampler = build(cfg.sampler, "sampler", split=splits["train"], seed=trainer.seed)
     protocol = build(cfg.protocol, "protocol")
     val_episodes = protocol.episodes(splits["val"], trainer.val_episodes)
     protocol.sampler(splits["test"])  # fail now, not after training, if the test split cannot hold it
     optimizer = outer_optimizer(algo, trainer)
+    steps = trainer.steps if optimizer else 0
     log.info(
-        "%s with %s on %s: %d parameters",
+        "%s with %s on %s: %d parameters, %d of them trained",
         choices.get("algo"),
         choices.get("backbone"),
         device,
         sum(p.numel() for p in algo.parameters()),
+        sum(p.numel() for p in algo.parameters() if p.requires_grad),
     )
+    if not optimizer:
+        log.info("every parameter is frozen: nothing to meta-train, validating and testing the model as it is")
 
     checkpoint_dir = run_dir / "checkpoints"
     checkpoint = {
@@ -85,7 +131,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         "label_space": {"n_way": label_space.n_way, "num_train_classes": label_space.num_train_classes},
     }
     best_val, started = -math.inf, time.perf_counter()
-    progress = tqdm(range(trainer.steps), desc="meta-train", disable=not trainer.progress, dynamic_ncols=True)
+    progress = tqdm(range(steps), desc="meta-train", disable=not trainer.progress, dynamic_ncols=True)
     for step in progress:
         algo.train()
         optimizer.zero_grad()
@@ -107,8 +153,10 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
 
         if (step + 1) % trainer.log_interval == 0:
             append_jsonl(run_dir / "metrics.jsonl", {"step": step + 1, "meta_loss": meta_loss})
-        if (step + 1) % trainer.eval_interval == 0 or step + 1 == trainer.steps:
-            val = mean_confidence_interval(episode_accuracies(algo, val_episodes, device, "validate", trainer.progress))
+        if (step + 1) % trainer.eval_interval == 0 or step + 1 == steps:
+            val, best_val = validate_and_checkpoint(
+                algo, val_episodes, trainer, checkpoint_dir, checkpoint, optimizer, step + 1, best_val
+            )
             append_jsonl(
                 run_dir / "metrics.jsonl",
                 {
@@ -118,19 +166,13 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
                     "episodes_per_s": (step + 1) * trainer.meta_batch_size / (time.perf_counter() - started),
                 },
             )
-            state = {
-                **checkpoint,
-                "model": algo.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step + 1,
-                "val_accuracy": val["mean"],
-            }
-            save_checkpoint(checkpoint_dir / "last.pt", state)
-            if val["mean"] > best_val:
-                best_val = val["mean"]
-                save_checkpoint(checkpoint_dir / "best.pt", state)
             progress.set_postfix(loss=f"{meta_loss:.3f}", val=format_score(val))
             log.info("step %d: meta-loss %.4f, validation accuracy %s", step + 1, meta_loss, format_score(val))
+    if steps == 0:
+        val, best_val = validate_and_checkpoint(
+            algo, val_episodes, trainer, checkpoint_dir, checkpoint, optimizer, 0, best_val
+        )
+        log.info("validation accuracy %s", format_score(val))
 
     # Test: the best checkpoint by validation accuracy, on the protocol's fixed test episodes.
     algo.load_state_dict(load_checkpoint(checkpoint_dir / "best.pt")["model"])

@@ -39,7 +39,9 @@ class MAML(Algorithm):
         self.inner_lr = inner_lr
         self.inner_steps, self.inner_steps_eval = inner_steps, inner_steps_eval
         self.first_order = first_order
-        self.adapted = select_parameters([n for n, _ in self.model.named_parameters()], inner_params, inner_frozen)
+        self.adapted = select_parameters(
+            [n for n, p in self.model.named_parameters() if p.requires_grad], inner_params, inner_frozen
+        )
 
     def adapt(self, support: Batch) -> FastWeights:
         create_graph = self.training and not self.first_order

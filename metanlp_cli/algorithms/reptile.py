@@ -31,7 +31,9 @@ class Reptile(Algorithm):
         self.model = Classifier(encoder, label_space.n_way)
         self.inner_lr = inner_lr
         self.inner_steps, self.inner_steps_eval = inner_steps, inner_steps_eval
-        self.adapted = select_parameters([n for n, _ in self.model.named_parameters()], inner_params, inner_frozen)
+        self.adapted = select_parameters(
+            [n for n, p in self.model.named_parameters() if p.requires_grad], inner_params, inner_frozen
+        )
 
     def adapt(self, support: Batch) -> FastWeights:
         start = {name: p.detach().requires_grad_(name in self.adapted) for name, p in self.model.named_parameters()}

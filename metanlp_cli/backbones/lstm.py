@@ -25,6 +25,10 @@ class BiLSTM(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output_dim = 2 * hidden_size
 
+    def layer_names(self) -> list[str]:
+        """Parameter-name prefixes of the blocks, bottom to top."""
+        return ["embedding", "lstm"]
+
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         mask = (token_ids != 0).unsqueeze(-1)
         states, _ = self.lstm(self.embedding(token_ids))

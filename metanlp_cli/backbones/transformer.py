@@ -61,6 +61,10 @@ class TransformerEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.output_dim = dim
 
+    def layer_names(self) -> list[str]:
+        """Parameter-name prefixes of the blocks, bottom to top."""
+        return ["embedding", "position", *(f"layers.{i}" for i in range(len(self.layers))), "norm"]
+
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         padding = token_ids == 0
         positions = torch.arange(token_ids.shape[1], device=token_ids.device)
