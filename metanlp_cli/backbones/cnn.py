@@ -22,7 +22,7 @@ class WordCNN(nn.Module):
         self.output_dim = num_filters * len(filter_sizes)
 
     def layer_names(self) -> list[str]:
-        """Parameter-name prefixes of the blocks, bottom to top."""
+        """Blocks from input to output, for `algo.inner_params=top_K` (the filter widths run in parallel: one block)."""
         return ["embedding", "convolutions"]
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:

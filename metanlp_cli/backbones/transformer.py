@@ -62,8 +62,9 @@ class TransformerEncoder(nn.Module):
         self.output_dim = dim
 
     def layer_names(self) -> list[str]:
-        """Parameter-name prefixes of the blocks, bottom to top."""
-        return ["embedding", "position", *(f"layers.{i}" for i in range(len(self.layers))), "norm"]
+        """Blocks from input to output, for `algo.inner_params=top_K`. The position table belongs to
+        the embedding block and the final norm to the last layer (see `inner_loop.encoder_blocks`)."""
+        return ["embedding"] + [f"layers.{i}" for i in range(len(self.layers))]
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         padding = token_ids == 0
