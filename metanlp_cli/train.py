@@ -146,7 +146,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         if not math.isfinite(meta_loss):
             raise MetaNLPError(
                 f"meta-loss became {meta_loss} at step {step}; lower trainer.outer_lr or "
-                f"algo.inner_lr (last good checkpoint: {checkpoint_dir / 'last.pt'})"
+                f"algo.inner_train.lr (last good checkpoint: {checkpoint_dir / 'last.pt'})"
             )
         if trainer.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(algo.parameters(), trainer.grad_clip)

@@ -15,6 +15,7 @@ from torch.func import functional_call
 
 from metanlp_cli import evaluate, train
 from metanlp_cli.algorithms.base import LabelSpace
+from metanlp_cli.algorithms.inner_loop import InnerLoop
 from metanlp_cli.algorithms.maml import MAML
 from metanlp_cli.algorithms.protonet import ProtoNet
 from metanlp_cli.backbones.pretrained import PretrainedEncoder, PretrainedTokenizer, unpack
@@ -156,7 +157,13 @@ def test_cached_features_give_the_same_logits_and_meta_gradients(tiny_bert, algo
     if algorithm == "protonet":
         algo = ProtoNet(encoder, LabelSpace(3, 4))
     else:  # inner_params=all: what trains (head, projection, the top layer if it trains) is adapted
-        algo = MAML(encoder, LabelSpace(3, 4), inner_lr=0.5, inner_steps=2, inner_steps_eval=3, inner_frozen=[])
+        algo = MAML(
+            encoder,
+            LabelSpace(3, 4),
+            inner_train=InnerLoop(steps=2, lr=0.5),
+            inner_eval=InnerLoop(steps=3, lr=0.5),
+            inner_frozen=[],
+        )
         expected = {"encoder.projection.weight", "encoder.projection.bias", "head.weight", "head.bias"}
         assert expected <= set(algo.adapted) and (cache == "top-layer") == (len(algo.adapted) > 4)
     cached, _ = cache_frozen_features(encoder, {"test": split}, progress=False)
@@ -202,8 +209,7 @@ def test_second_order_maml_through_the_transformer_matches_finite_differences(ti
         MAML(
             encoder,
             LabelSpace(2, 4),
-            inner_lr=0.5,
-            inner_steps=2,
+            inner_train=InnerLoop(steps=2, lr=0.5),
             inner_params=["head.*", "encoder.model.encoder.layer.1.output.*"],
             inner_frozen=[],
         )
@@ -262,9 +268,8 @@ def test_pretrained_backbone_learns_a_separable_task(tiny_bert, algorithm):
         algo = MAML(
             encoder,
             LabelSpace(5, 30),
-            inner_lr=0.3,
-            inner_steps=2,
-            inner_steps_eval=5,
+            inner_train=InnerLoop(steps=2, lr=0.3),
+            inner_eval=InnerLoop(steps=5, lr=0.3),
             first_order=True,
             inner_params="head",
         )
@@ -302,7 +307,7 @@ def test_train_recipe_with_a_frozen_encoder_has_nothing_to_train_and_still_score
 
 def test_train_recipe_meta_trains_the_top_layer_and_eval_reproduces_it(tiny_bert, compose_config, tmp_path):
     overrides = ["backbone=pretrained", f"backbone.name_or_path={tiny_bert}", "backbone.encoder.trainable_layers=1"]
-    cfg = compose_config("train", [*overrides, "algo=maml", "algo.inner_steps=1", "trainer=smoke"])
+    cfg = compose_config("train", [*overrides, "algo=maml", "algo.inner_train.steps=1", "trainer=smoke"])
     (tmp_path / "train").mkdir()
     train.run(cfg, tmp_path / "train", {"algo": "maml", "backbone": "pretrained", "dataset": "chatterbot"})
     trained = json.loads((tmp_path / "train" / "results.json").read_text())
@@ -327,7 +332,8 @@ def test_minilm_from_the_package_puts_paraphrases_closest():
     assert similarity[0, 1] > similarity[0, 2] and similarity[2, 3] > similarity[1, 3]
 
 
-def test_layer_names_partition_every_backbones_parameters_bottom_to_top(tiny_bert):
+def test_layer_blocks_partition_every_backbones_parameters_bottom_to_top(tiny_bert):
+    from metanlp_cli.algorithms.inner_loop import encoder_blocks
     from metanlp_cli.backbones.cnn import WordCNN
     from metanlp_cli.backbones.lstm import BiLSTM
     from metanlp_cli.backbones.transformer import TransformerEncoder
@@ -335,11 +341,13 @@ def test_layer_names_partition_every_backbones_parameters_bottom_to_top(tiny_ber
     encoders = [WordCNN(20), BiLSTM(20, num_layers=2), TransformerEncoder(20, layers=3)]
     encoders.append(encoder_of(tiny_bert, output_dim=4))
     for encoder in encoders:
-        prefixes = encoder.layer_names()
-        for name, _ in encoder.named_parameters():
-            owners = [p for p in prefixes if name.startswith(f"{p}.")]
-            assert len(owners) == 1, (type(encoder).__name__, name, owners)
-    assert encoders[2].layer_names()[2:] == ["layers.0", "layers.1", "layers.2", "norm"]
+        blocks = encoder_blocks(encoder, prefix="")
+        flat = [name for block in blocks for name in block]
+        assert sorted(flat) == sorted(n for n, _ in encoder.named_parameters()), type(encoder).__name__
+        assert len(blocks) == len(encoder.layer_names()) and all(blocks)
+    transformer_blocks = encoder_blocks(encoders[2], prefix="")
+    assert "position.weight" in transformer_blocks[0] and "norm.weight" in transformer_blocks[-1]
+    assert encoders[3].layer_names()[0] == "model.embeddings" and encoders[3].layer_names()[-1] == "projection"
 
 
 def test_texts_longer_than_the_models_positions_name_the_key(tiny_bert):
