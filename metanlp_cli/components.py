@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 
 import torch
 from omegaconf import DictConfig
@@ -16,6 +17,8 @@ from metanlp_cli.config import build
 from metanlp_cli.data.cache import TokenCache
 from metanlp_cli.data.types import PHASE_SPLITS, ClassSplit, EncodedSplit, TaskCollection, Text
 from metanlp_cli.errors import MetaNLPError
+from metanlp_cli.protocols import KShotTask
+from metanlp_cli.sampling import Batch
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +121,63 @@ def cache_frozen_features(
             return splits, 0.0
         cached[name] = dataclasses.replace(split, inputs=features)
     return cached, time.perf_counter() - start
+
+
+# Which split of a task the k-shot protocol scores, in order of preference (GLUE hides its test labels).
+KSHOT_EVALUATION_SPLITS = {"test": ("test", "dev"), "val": ("dev",)}
+
+
+def kshot_tasks(
+    tokenizer,
+    dataset: Dataset,
+    split: str,
+    encoder: nn.Module,
+    device: torch.device,
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> list[KShotTask]:
+    """Each task of a collection as a k-shot training set: its train split as one support set, and the
+    evaluation split `split` asks for. Shared evaluation splits are tokenized (and, for a frozen encoder,
+    embedded) once; the tasks sharing one make up a group, named after the collection where there is one."""
+    if not isinstance(dataset, TaskCollection):
+        raise MetaNLPError(
+            f"protocol=kshot needs a task collection (e.g. dataset=lmbff/sst2); {dataset.name} is a class split"
+        )
+    if split not in KSHOT_EVALUATION_SPLITS:
+        raise MetaNLPError(
+            f"split={split!r} with protocol=kshot; allowed: test, val (the train split is the support set)"
+        )
+    cache, encoded, chosen = TokenCache(tokenizer, cache_dir), {}, []
+    for task in dataset.phase_tasks("test"):
+        if task.regression:
+            raise MetaNLPError(
+                f"task {task.name} of {dataset.name} has regression targets; protocol=kshot scores class labels only"
+            )
+        evaluation_split = next((s for s in KSHOT_EVALUATION_SPLITS[split] if task.split(s) is not None), None)
+        if task.train is None or evaluation_split is None:
+            wanted = " or ".join(KSHOT_EVALUATION_SPLITS[split])
+            raise MetaNLPError(
+                f"task {task.name} of {dataset.name} needs a train split and a {wanted} split for protocol=kshot"
+            )
+        for texts in (task.train, task.split(evaluation_split)):
+            if id(texts) not in encoded:  # the training sets of a task share its evaluation split
+                inputs, _ = cache.encode(texts.texts)
+                parts = [(task.name, texts, inputs)]
+                encoded[id(texts)] = EncodedSplit.from_parts(texts.source or task.name, parts).to(device)
+        chosen.append((task, evaluation_split))
+    features, _ = cache_frozen_features(encoder, {str(key): value for key, value in encoded.items()}, progress)
+    split_of = {int(key): value for key, value in features.items()}
+    sharing = defaultdict(list)  # evaluation split -> the names of the tasks scored on it
+    for task, name in chosen:
+        sharing[id(task.split(name))].append(task.name)
+    tasks = []
+    for task, evaluation_split in chosen:
+        train, names = split_of[id(task.train)], sharing[id(task.split(evaluation_split))]
+        group = dataset.name.rsplit("/", 1)[-1] if len(sharing) == 1 else os.path.commonprefix(names).rstrip("-_")
+        support = Batch(train.inputs, train.labels, torch.arange(len(task.label_names), device=device))
+        tasks.append(
+            KShotTask(
+                task.name, group, support, split_of[id(task.split(evaluation_split))], evaluation_split, task.metrics
+            )
+        )
+    return tasks

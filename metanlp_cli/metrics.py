@@ -58,6 +58,8 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "pearson": _pearson,
     "spearman": _spearman,
 }
+# The metrics of a regression target (STS-B); the others score class predictions.
+REGRESSION_METRICS = ("pearson", "spearman")
 
 
 def task_scores(metric_names: Sequence[str], predictions: Sequence, labels: Sequence) -> dict[str, float]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 
 from metanlp_cli.algorithms.base import Algorithm
 from metanlp_cli.data.types import EncodedSplit
-from metanlp_cli.metrics import accuracy, mean_confidence_interval
-from metanlp_cli.sampling import Episode, EpisodeSampler
+from metanlp_cli.errors import MetaNLPError
+from metanlp_cli.metrics import accuracy, mean_confidence_interval, task_scores
+from metanlp_cli.sampling import Batch, Episode, EpisodeSampler
 
 
 def episode_accuracies(
@@ -62,3 +65,65 @@ class EpisodicProtocol:
         if sampler.capped_query_sizes:
             results["q_query_per_task"] = sampler.capped_query_sizes  # tasks whose classes cannot hold q_query
         return results
+
+
+@dataclass(frozen=True)
+class KShotTask:
+    """One training set of a task (`sst2-seed13`): its whole K-shot train split as one support set, and
+    the evaluation split it is scored on. `group` is the benchmark task the training set belongs to
+    (the training sets of a group share their evaluation split, as LM-BFF's seeds share the test set)."""
+
+    name: str
+    group: str
+    support: Batch
+    evaluation: EncodedSplit
+    evaluation_split: str
+    metrics: list[str]
+
+
+def predict(learner, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The learner's class predictions for `inputs`, scored `batch_size` rows at a time."""
+    with torch.no_grad():
+        return torch.cat([learner(chunk).argmax(dim=-1) for chunk in inputs.split(batch_size)])
+
+
+class KShotProtocol:
+    """LM-BFF / LEOPARD style: for each training set of a task (one per seed), adapt on all its K
+    examples per label and score the task's full evaluation split with the task's own metrics;
+    report each metric's mean and sample standard deviation over the training sets."""
+
+    def __init__(self, batch_size: int = 64, seed: int = 2024) -> None:
+        if batch_size < 1:
+            raise MetaNLPError(f"protocol.batch_size={batch_size}; allowed: an integer >= 1")
+        self.batch_size, self.seed = batch_size, seed
+
+    def run(self, algo: Algorithm, tasks: list[KShotTask], device: torch.device, progress: bool = True) -> dict:
+        torch.manual_seed(self.seed)  # for any randomness inside adaptation (fine-tuning's batches)
+        algo.eval()
+        groups: dict[str, dict] = {}
+        for task in tqdm(tasks, desc="k-shot tasks", leave=False, disable=not progress, dynamic_ncols=True):
+            with torch.enable_grad():
+                learner = algo.adapt(task.support.to(device))
+            predictions = predict(learner, task.evaluation.inputs.to(device), self.batch_size)
+            scores = task_scores(task.metrics, predictions.cpu().numpy(), task.evaluation.labels.cpu().numpy())
+            group = groups.setdefault(
+                task.group,
+                {
+                    "metrics": task.metrics,
+                    "evaluation_split": task.evaluation_split,
+                    "evaluation_examples": len(task.evaluation.labels),
+                    "k_shot": sorted({int(c) for c in torch.bincount(task.support.labels).tolist()}),
+                    "training_sets": {},
+                },
+            )
+            group["training_sets"][task.name] = scores
+        for group in groups.values():
+            runs = list(group["training_sets"].values())
+            group["scores"] = {name: mean_confidence_interval([run[name] for run in runs]) for name in runs[0]}
+            group["score"] = group["scores"]["combined" if "combined" in runs[0] else group["metrics"][0]]
+        return {
+            "protocol": "kshot",
+            "seed": self.seed,
+            "tasks": groups,
+            "average": sum(group["score"]["mean"] for group in groups.values()) / len(groups),
+        }

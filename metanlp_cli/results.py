@@ -26,6 +26,8 @@ def q_query_text(results: dict) -> str:
 
 
 def summary_line(results: dict) -> str:
+    if results.get("protocol") == "kshot":
+        return kshot_summary_line(results)
     chance = results.get("chance", 1 / results["n_way"] if isinstance(results["n_way"], int) else float("nan"))
     return (
         f"test accuracy {format_score(results['accuracy'])} (95% CI, {results['episodes']} episodes, "
@@ -35,6 +37,9 @@ def summary_line(results: dict) -> str:
 
 def write_results(run_dir: Path, results: dict) -> None:
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if results.get("protocol") == "kshot":
+        (run_dir / "results.md").write_text(kshot_markdown(results))
+        return
     rows = [
         "| dataset | algo | backbone | N-way | K-shot | Q-query | episodes | accuracy (%) |",
         "|---|---|---|---|---|---|---|---|",
@@ -54,3 +59,47 @@ def write_results(run_dir: Path, results: dict) -> None:
         ]
     )
     (run_dir / "results.md").write_text(text)
+
+
+METRIC_LABELS = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
+
+
+def kshot_cell(group: dict) -> str:
+    """`91.2 (1.1)`, or `81.0/75.2 (2.1/1.9)` for a task with several metrics, as LM-BFF prints them."""
+    scores = [group["scores"][name] for name in group["metrics"]]
+    means = "/".join(f"{100 * score['mean']:.1f}" for score in scores)
+    stds = "/".join(f"{100 * score['std']:.1f}" for score in scores)
+    return f"{means} ({stds})"
+
+
+def kshot_summary_line(results: dict) -> str:
+    tasks = ", ".join(f"{name} {kshot_cell(group)}" for name, group in results["tasks"].items())
+    return f"test k-shot scores (mean (std) over training sets): {tasks}; average {100 * results['average']:.1f}"
+
+
+def kshot_markdown(results: dict) -> str:
+    """A paper-style table: one row (this method), a column per task and the average."""
+    groups = results["tasks"]
+    headers = [f"{name} ({'/'.join(METRIC_LABELS[m] for m in group['metrics'])})" for name, group in groups.items()]
+    method = f"{results.get('algo')} ({results.get('backbone')})"
+    cells = [kshot_cell(group) for group in groups.values()]
+    details = [
+        f"- {name}: {len(group['training_sets'])} training sets of K={'/'.join(map(str, group['k_shot']))} "
+        f"per label; scored on the {group['evaluation_split']} split ({group['evaluation_examples']} examples)"
+        for name, group in groups.items()
+    ]
+    return "\n".join(
+        [
+            f"# Results: k-shot, {results['split']} split",
+            "",
+            f"| method | {' | '.join(headers)} | average |",
+            "|---" * (len(headers) + 2) + "|",
+            f"| {method} | {' | '.join(cells)} | {100 * results['average']:.1f} |",
+            "",
+            "Each cell is the mean (sample standard deviation) in % over the task's training sets (seeds); "
+            "a task with several metrics lists each, and the average takes their mean (GLUE's combined score).",
+            "",
+            *details,
+            "",
+        ]
+    )

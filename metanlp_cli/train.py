@@ -29,7 +29,7 @@ from metanlp_cli.components import (
 from metanlp_cli.config import TrainerConfig, build, validate
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.metrics import mean_confidence_interval
-from metanlp_cli.protocols import episode_accuracies
+from metanlp_cli.protocols import EpisodicProtocol, episode_accuracies
 from metanlp_cli.results import format_score, summary_line, write_results
 from metanlp_cli.sampling import Episode
 
@@ -108,6 +108,10 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         log.info("frozen layers: their output for every example computed once, in %.2fs", seconds)
     sampler = build(cfg.sampler, "sampler", split=splits["train"], seed=trainer.seed)
     protocol = build(cfg.protocol, "protocol")
+    if not isinstance(protocol, EpisodicProtocol):
+        raise MetaNLPError(
+            f"training validates on episodes; protocol={choices.get('protocol', '?')} is for metanlp eval"
+        )
     val_episodes = protocol.episodes(splits["val"], trainer.val_episodes)
     protocol.sampler(splits["test"])  # fail now, not after training, if the test split cannot hold it
     optimizer = outer_optimizer(algo, trainer)

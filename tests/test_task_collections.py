@@ -15,6 +15,7 @@ from metanlp_cli.data.cache import TokenCache
 from metanlp_cli.data.describe import summary, to_markdown
 from metanlp_cli.data.tokenize import WordTokenizer
 from metanlp_cli.data.types import EncodedSplit, LabeledTexts, Task, TaskCollection
+from metanlp_cli.metrics import METRICS, REGRESSION_METRICS
 from metanlp_cli.sampling import EpisodeSampler
 from tests.test_data_formats import write
 
@@ -60,6 +61,14 @@ def test_task_metadata_is_checked():
         Task("x", None, None, None, ["a", "b"], metrics=["pearson"])
     with pytest.raises(ValueError, match="task names \\['a'\\] are not unique"):
         TaskCollection("c", [collection().tasks[0]] * 2)
+
+
+def test_tasks_accept_exactly_the_metrics_that_metrics_py_computes():
+    for name in METRICS:
+        regression = name in REGRESSION_METRICS
+        Task("x", None, None, None, [] if regression else ["a", "b"], regression=regression, metrics=[name])
+    with pytest.raises(ValueError, match="allowed: " + ", ".join(METRICS)):
+        Task("x", None, None, None, ["a", "b"], metrics=["auc"])
 
 
 def encoded_train() -> EncodedSplit:

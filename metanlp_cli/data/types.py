@@ -18,12 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from metanlp_cli.metrics import METRICS, REGRESSION_METRICS
+
 # A text is one sentence or a sentence pair.
 Text = str | tuple[str, str]
 
-# The metric names a task may declare (the benchmark's own choice, e.g. [mcc] for CoLA).
-METRIC_NAMES = ("accuracy", "f1", "mcc", "pearson", "spearman")
-REGRESSION_METRICS = ("pearson", "spearman")
 
 # Which split of a task each episodic phase reads, in order of preference (see TaskCollection).
 PHASE_SPLITS = {"train": ("train",), "val": ("dev", "train"), "test": ("test", "dev")}
@@ -90,9 +89,10 @@ class Task:
     metrics: list[str] = field(default_factory=lambda: ["accuracy"])
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.metrics if m not in METRIC_NAMES]
+        unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
-            raise ValueError(f"task {self.name}: metrics {unknown or '[]'} are not known; allowed: {METRIC_NAMES}")
+            allowed = ", ".join(METRICS)
+            raise ValueError(f"task {self.name}: metrics {unknown or '[]'} are not known; allowed: {allowed}")
         fits = [(m in REGRESSION_METRICS) == self.regression for m in self.metrics]
         if not all(fits):
             kind = "a regression" if self.regression else "a classification"

@@ -1,0 +1,97 @@
+"""The k-shot protocol (LM-BFF style): scores against hand-computed values, and `metanlp eval` end to end
+on an LM-BFF-shaped fixture collection."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metanlp_cli.algorithms.base import Algorithm
+from metanlp_cli.data.types import EncodedSplit
+from metanlp_cli.protocols import KShotProtocol, KShotTask
+from metanlp_cli.sampling import Batch
+from tests.test_cli import metanlp
+
+
+class FlipAlgorithm(Algorithm):
+    """Predicts the first token of each row, flipped when the support's first token is 1."""
+
+    def adapt(self, support: Batch):
+        flip = int(support.inputs[0, 0])
+        return lambda inputs: F.one_hot((inputs[:, 0] + flip) % 2, 2).float()
+
+
+def test_kshot_scores_each_training_set_and_averages_them_by_hand():
+    evaluation = EncodedSplit.from_tensors("test", torch.tensor([[1], [0], [0], [1], [1]]), [1, 1, 0, 0, 1], ["0", "1"])
+    tasks = [
+        KShotTask(
+            name,
+            "mrpc",
+            Batch(torch.tensor([[flip]]), torch.tensor([0]), torch.arange(2)),
+            evaluation,
+            "test",
+            ["f1", "accuracy"],
+        )
+        for name, flip in (("mrpc-seed1", 0), ("mrpc-seed2", 1))
+    ]
+    results = KShotProtocol(batch_size=2).run(FlipAlgorithm(), tasks, torch.device("cpu"), progress=False)
+    group = results["tasks"]["mrpc"]
+    # seed1 predicts [1,0,0,1,1]: 3 of 5 right, TP 2 FP 1 FN 1 -> F1 4/6; seed2 predicts [0,1,1,0,0]: 2 of 5,
+    # TP 1 FP 1 FN 2 -> F1 2/5
+    assert group["training_sets"]["mrpc-seed1"] == pytest.approx({"f1": 4 / 6, "accuracy": 0.6, "combined": 19 / 30})
+    assert group["training_sets"]["mrpc-seed2"] == pytest.approx({"f1": 0.4, "accuracy": 0.4, "combined": 0.4})
+    assert group["scores"]["accuracy"]["mean"] == pytest.approx(0.5)
+    assert group["scores"]["accuracy"]["std"] == pytest.approx(np.std([0.6, 0.4], ddof=1))
+    assert group["scores"]["f1"]["mean"] == pytest.approx((4 / 6 + 0.4) / 2)
+    assert results["average"] == pytest.approx((19 / 30 + 0.4) / 2)
+    assert group["k_shot"] == [1] and group["evaluation_examples"] == 5
+
+
+def write_lmbff(root, k: int, seeds: list[int]) -> None:
+    """An LM-BFF-shaped SST-2: `<k>-<seed>/{train,dev}.tsv` with k sentences per label, a shared test.tsv."""
+    folder = root / "lmbff_kshot" / "SST-2"
+    words = {0: "awful dull", 1: "great fun"}
+
+    def tsv(rows):
+        return "sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows)
+
+    for seed in seeds:
+        (folder / f"{k}-{seed}").mkdir(parents=True)
+        for part in ("train", "dev"):
+            rows = [(f"{words[label]} {part} {seed} {i}", label) for label in (0, 1) for i in range(k)]
+            (folder / f"{k}-{seed}" / f"{part}.tsv").write_text(tsv(rows))
+    (folder / "test.tsv").write_text(tsv([(f"{words[label]} movie {i}", label) for label in (0, 1) for i in range(10)]))
+
+
+@pytest.mark.smoke
+def test_eval_runs_the_kshot_protocol_on_a_checkpoint(tmp_path):
+    write_lmbff(tmp_path, k=4, seeds=[13, 21])
+    run_dir = tmp_path / "run"
+    trained = metanlp("train", "trainer=smoke", "algo=protonet", f"hydra.run.dir={run_dir}")
+    assert trained.returncode == 0, trained.stderr
+    evaluated = metanlp(
+        "eval",
+        f"checkpoint={run_dir}",
+        "protocol=kshot",
+        "dataset=lmbff/sst2",
+        "dataset.k=4",
+        "dataset.seeds=[13,21]",
+        f"paths.data_root={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    group = results["tasks"]["sst2"]
+    assert sorted(group["training_sets"]) == ["sst2-seed13", "sst2-seed21"]
+    assert group["k_shot"] == [4] and group["evaluation_split"] == "test" and group["evaluation_examples"] == 20
+    assert results["dataset"] == "lmbff/sst2" and results["average"] == group["score"]["mean"]
+    table = (tmp_path / "eval" / "results.md").read_text()
+    assert "| method | sst2 (acc) | average |" in table and "| protonet (cnn) |" in table
+    assert "k-shot scores" in evaluated.stdout
+
+    wrong = metanlp("train", "trainer.steps=1", "protocol=kshot", f"hydra.run.dir={tmp_path / 'run2'}")
+    assert wrong.returncode == 2 and "protocol=kshot is for metanlp eval" in wrong.stderr
