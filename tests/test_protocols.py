@@ -1,5 +1,5 @@
-"""The k-shot protocol (LM-BFF style): scores against hand-computed values, and `metanlp eval` end to end
-on an LM-BFF-shaped fixture collection."""
+"""The evaluation protocols: the k-shot protocol (LM-BFF style) against hand-computed values and through
+`metanlp eval` on an LM-BFF-shaped fixture collection; the published episodic presets, fixed by their seed."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from metanlp_cli.algorithms.base import Algorithm
+from metanlp_cli.config import build
 from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.protocols import KShotProtocol, KShotTask
 from metanlp_cli.sampling import Batch
+from tests.conftest import keyword_split
 from tests.test_cli import metanlp
 
 
@@ -95,3 +97,29 @@ def test_eval_runs_the_kshot_protocol_on_a_checkpoint(tmp_path):
 
     wrong = metanlp("train", "trainer.steps=1", "protocol=kshot", f"hydra.run.dir={tmp_path / 'run2'}")
     assert wrong.returncode == 2 and "protocol=kshot is for metanlp eval" in wrong.stderr
+
+
+PRESETS = {
+    "bao2020_1shot": (5, 1, 25, 1000),
+    "bao2020_5shot": (5, 5, 25, 1000),
+    "protaugment_1shot": (5, 1, 5, 600),
+    "protaugment_5shot": (5, 5, 5, 600),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_protocol_presets_fix_their_episodes_by_seed(preset, compose_config):
+    protocol = build(compose_config("eval", [f"protocol={preset}", "checkpoint=x"]).protocol, "protocol")
+    n_way, k_shot, q_query, episodes = PRESETS[preset]
+    assert (protocol.n_way, protocol.k_shot, protocol.q_query, protocol.num_episodes) == PRESETS[preset]
+    split = keyword_split("test", range(10), examples_per_class=k_shot + q_query)
+
+    def support_rows(seed: int) -> list[torch.Tensor]:
+        protocol.seed = seed
+        return [episode.support.inputs for episode in protocol.episodes(split, count=3)]
+
+    first, again, other = support_rows(1), support_rows(1), support_rows(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+    episode = protocol.episodes(split, count=1)[0]
+    assert (episode.n_way, len(episode.support), len(episode.query)) == (n_way, n_way * k_shot, n_way * q_query)
