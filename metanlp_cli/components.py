@@ -104,6 +104,12 @@ def build_algorithm(cfg: DictConfig, encoder: nn.Module, label_space: LabelSpace
     return build(cfg.algo, "algo", encoder=encoder, label_space=label_space)
 
 
+def frozen_features_of(encoder: nn.Module, token_ids: torch.Tensor, progress: bool = True) -> torch.Tensor | None:
+    """The output of the encoder's frozen layers for these rows, or None where it has none."""
+    frozen_features = getattr(encoder, "frozen_features", None)
+    return frozen_features(token_ids, progress) if frozen_features else None
+
+
 def cache_frozen_features(
     encoder: nn.Module, splits: dict[str, EncodedSplit], progress: bool = True
 ) -> tuple[dict[str, EncodedSplit], float]:
@@ -112,11 +118,10 @@ def cache_frozen_features(
 
     An encoder opts in with `frozen_features(token_ids, progress) -> features | None` (None: it trains).
     """
-    frozen_features = getattr(encoder, "frozen_features", None)
     start = time.perf_counter()
     cached = {}
     for name, split in splits.items():
-        features = frozen_features(split.inputs, progress) if frozen_features else None
+        features = frozen_features_of(encoder, split.inputs, progress)
         if features is None:
             return splits, 0.0
         cached[name] = dataclasses.replace(split, inputs=features)
@@ -136,8 +141,8 @@ def kshot_tasks(
     cache_dir: str | None = None,
     progress: bool = True,
 ) -> list[KShotTask]:
-    """Each task of a collection as a k-shot training set: its train split as one support set, and the
-    evaluation split `split` asks for. Shared evaluation splits are tokenized (and, for a frozen encoder,
+    """Each task of a collection as a k-shot training set: its train split as one support set, and
+    the evaluation split `split` asks for. Shared evaluation splits are tokenized (and, for a frozen encoder,
     embedded) once; the tasks sharing one make up a group, named after the collection where there is one."""
     if not isinstance(dataset, TaskCollection):
         raise MetaNLPError(
@@ -147,12 +152,8 @@ def kshot_tasks(
         raise MetaNLPError(
             f"split={split!r} with protocol=kshot; allowed: test, val (the train split is the support set)"
         )
-    cache, encoded, chosen = TokenCache(tokenizer, cache_dir), {}, []
+    cache, inputs_of, chosen = TokenCache(tokenizer, cache_dir), {}, []
     for task in dataset.phase_tasks("test"):
-        if task.regression:
-            raise MetaNLPError(
-                f"task {task.name} of {dataset.name} has regression targets; protocol=kshot scores class labels only"
-            )
         evaluation_split = next((s for s in KSHOT_EVALUATION_SPLITS[split] if task.split(s) is not None), None)
         if task.train is None or evaluation_split is None:
             wanted = " or ".join(KSHOT_EVALUATION_SPLITS[split])
@@ -160,24 +161,42 @@ def kshot_tasks(
                 f"task {task.name} of {dataset.name} needs a train split and a {wanted} split for protocol=kshot"
             )
         for texts in (task.train, task.split(evaluation_split)):
-            if id(texts) not in encoded:  # the training sets of a task share its evaluation split
-                inputs, _ = cache.encode(texts.texts)
-                parts = [(task.name, texts, inputs)]
-                encoded[id(texts)] = EncodedSplit.from_parts(texts.source or task.name, parts).to(device)
+            if id(texts) not in inputs_of:  # the training sets of a task share its evaluation split
+                inputs_of[id(texts)] = cache.encode(texts.texts)[0].to(device)
         chosen.append((task, evaluation_split))
-    features, _ = cache_frozen_features(encoder, {str(key): value for key, value in encoded.items()}, progress)
-    split_of = {int(key): value for key, value in features.items()}
+    start = time.perf_counter()
+    for key, inputs in inputs_of.items():
+        features = frozen_features_of(encoder, inputs, progress)
+        if features is None:
+            break
+        inputs_of[key] = features
+    else:
+        log.info("frozen layers: their output for every example computed once, in %.2fs", time.perf_counter() - start)
+
     sharing = defaultdict(list)  # evaluation split -> the names of the tasks scored on it
     for task, name in chosen:
         sharing[id(task.split(name))].append(task.name)
     tasks = []
     for task, evaluation_split in chosen:
-        train, names = split_of[id(task.train)], sharing[id(task.split(evaluation_split))]
+        evaluation, names = task.split(evaluation_split), sharing[id(task.split(evaluation_split))]
         group = dataset.name.rsplit("/", 1)[-1] if len(sharing) == 1 else os.path.commonprefix(names).rstrip("-_")
-        support = Batch(train.inputs, train.labels, torch.arange(len(task.label_names), device=device))
+        label_type = torch.float32 if task.regression else torch.int64
+        support = Batch(
+            inputs_of[id(task.train)],
+            torch.tensor(task.train.labels, dtype=label_type, device=device),
+            torch.arange(len(task.label_names), device=device),
+        )
+        evaluation_labels = torch.tensor(evaluation.labels, dtype=label_type, device=device)
         tasks.append(
             KShotTask(
-                task.name, group, support, split_of[id(task.split(evaluation_split))], evaluation_split, task.metrics
+                task.name,
+                group,
+                support,
+                inputs_of[id(evaluation)],
+                evaluation_labels,
+                evaluation_split,
+                task.metrics,
+                task.regression,
             )
         )
     return tasks

@@ -49,7 +49,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
 
     if isinstance(protocol, KShotProtocol):  # whole tasks: each training set adapted on, its evaluation set scored
         tasks = kshot_tasks(tokenizer, dataset, cfg.split, encoder, device, cache_dir, trainer.progress)
-        results = protocol.run(algo, tasks, device, trainer.progress)
+        results = protocol.run(algo, encoder, tasks, device, trainer.progress)
     else:  # episodes sampled from the split
         splits, _ = encode_splits(tokenizer, dataset, (cfg.split,), device, cache_dir)
         splits, seconds = cache_frozen_features(encoder, splits, trainer.progress)

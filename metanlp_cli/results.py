@@ -72,6 +72,13 @@ def kshot_cell(group: dict) -> str:
     return f"{means} ({stds})"
 
 
+def support_text(group: dict) -> str:
+    """`K=16 per label`, or `32 examples` for a regression task (a 1-output head fitted with MSE)."""
+    if group.get("regression"):
+        return f"{'/'.join(map(str, group['support_examples']))} examples (regression head, MSE)"
+    return f"K={'/'.join(map(str, group['k_shot']))} per label"
+
+
 def kshot_summary_line(results: dict) -> str:
     tasks = ", ".join(f"{name} {kshot_cell(group)}" for name, group in results["tasks"].items())
     return f"test k-shot scores (mean (std) over training sets): {tasks}; average {100 * results['average']:.1f}"
@@ -84,8 +91,8 @@ def kshot_markdown(results: dict) -> str:
     method = f"{results.get('algo')} ({results.get('backbone')})"
     cells = [kshot_cell(group) for group in groups.values()]
     details = [
-        f"- {name}: {len(group['training_sets'])} training sets of K={'/'.join(map(str, group['k_shot']))} "
-        f"per label; scored on the {group['evaluation_split']} split ({group['evaluation_examples']} examples)"
+        f"- {name}: {len(group['training_sets'])} training sets of {support_text(group)}; "
+        f"scored on the {group['evaluation_split']} split ({group['evaluation_examples']} examples)"
         for name, group in groups.items()
     ]
     return "\n".join(

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from metanlp_cli.algorithms.base import Algorithm
+from metanlp_cli.algorithms.finetune import fit_regression_probe
+from metanlp_cli.algorithms.inner_loop import InnerLoop
 from metanlp_cli.config import build
-from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.protocols import KShotProtocol, KShotTask
 from metanlp_cli.sampling import Batch
 from tests.conftest import keyword_split
@@ -28,19 +30,21 @@ class FlipAlgorithm(Algorithm):
 
 
 def test_kshot_scores_each_training_set_and_averages_them_by_hand():
-    evaluation = EncodedSplit.from_tensors("test", torch.tensor([[1], [0], [0], [1], [1]]), [1, 1, 0, 0, 1], ["0", "1"])
+    inputs, labels = torch.tensor([[1], [0], [0], [1], [1]]), torch.tensor([1, 1, 0, 0, 1])
     tasks = [
         KShotTask(
             name,
             "mrpc",
             Batch(torch.tensor([[flip]]), torch.tensor([0]), torch.arange(2)),
-            evaluation,
+            inputs,
+            labels,
             "test",
             ["f1", "accuracy"],
         )
         for name, flip in (("mrpc-seed1", 0), ("mrpc-seed2", 1))
     ]
-    results = KShotProtocol(batch_size=2).run(FlipAlgorithm(), tasks, torch.device("cpu"), progress=False)
+    protocol = KShotProtocol(batch_size=2)
+    results = protocol.run(FlipAlgorithm(), nn.Identity(), tasks, torch.device("cpu"), progress=False)
     group = results["tasks"]["mrpc"]
     # seed1 predicts [1,0,0,1,1]: 3 of 5 right, TP 2 FP 1 FN 1 -> F1 4/6; seed2 predicts [0,1,1,0,0]: 2 of 5,
     # TP 1 FP 1 FN 2 -> F1 2/5
@@ -51,6 +55,46 @@ def test_kshot_scores_each_training_set_and_averages_them_by_hand():
     assert group["scores"]["f1"]["mean"] == pytest.approx((4 / 6 + 0.4) / 2)
     assert results["average"] == pytest.approx((19 / 30 + 0.4) / 2)
     assert group["k_shot"] == [1] and group["evaluation_examples"] == 5
+
+
+def linear_targets(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """STS-B-like: features and targets y = x @ w + 2.5 with a little noise (scores in roughly 0..5)."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(rows, 8, generator=generator)
+    weight = torch.linspace(-0.5, 0.5, 8)
+    return features, features @ weight + 2.5 + 0.05 * torch.randn(rows, generator=generator)
+
+
+def test_the_regression_head_fits_what_least_squares_fits():
+    features, targets = linear_targets(64, seed=0)
+    probe = fit_regression_probe(nn.Identity(), features, targets, InnerLoop(steps=500, lr=0.05))
+    design = np.hstack([features.numpy(), np.ones((64, 1))])
+    solution, *_ = np.linalg.lstsq(design, targets.numpy(), rcond=None)
+    assert probe(features).shape == (64, 1)
+    np.testing.assert_allclose(probe(features).squeeze(-1).numpy(), design @ solution, atol=0.02)
+
+
+def test_kshot_scores_a_regression_task_with_its_correlations():
+    support_inputs, support_targets = linear_targets(32, seed=1)
+    evaluation_inputs, evaluation_targets = linear_targets(200, seed=2)
+    support = Batch(support_inputs, support_targets, torch.arange(0))
+    task = KShotTask(
+        "stsb-seed1",
+        "stsb",
+        support,
+        evaluation_inputs,
+        evaluation_targets,
+        "test",
+        ["pearson", "spearman"],
+        regression=True,
+    )
+    results = KShotProtocol().run(FlipAlgorithm(), nn.Identity(), [task], torch.device("cpu"), progress=False)
+    group = results["tasks"]["stsb"]
+    assert group["scores"]["pearson"]["mean"] > 0.95 and group["scores"]["spearman"]["mean"] > 0.9
+    assert group["support_examples"] == [32] and results["average"] == group["scores"]["combined"]["mean"]
+    with_mean_only = KShotProtocol(regression_head=InnerLoop(steps=0, lr=0.01))
+    constant = with_mean_only.run(FlipAlgorithm(), nn.Identity(), [task], torch.device("cpu"), progress=False)
+    assert constant["tasks"]["stsb"]["scores"]["pearson"]["mean"] == 0.0  # a constant prediction: no crash
 
 
 def write_lmbff(root, k: int, seeds: list[int]) -> None:
