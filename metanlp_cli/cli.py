@@ -54,7 +54,7 @@ def usage() -> str:
         "",
         "commands:",
     ]
-    lines += [f"  {name:<7}{help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += [f"  {name:<8}{help_text}" for name, (_, help_text) in COMMANDS.items()]
     lines += ["", "config groups (choose with group=choice; defaults in configs/train.yaml):"]
     lines += [f"  {group:<15}{', '.join(choices) or '-'}" for group, choices in config_groups().items()]
     lines += [

@@ -44,10 +44,12 @@ class Ranks:
         parameters = [p for p in parameters if p.requires_grad]
         # A parameter with no gradient on every rank keeps none (the optimizer then skips it, as it would
         # in one process); one with a gradient on some rank gets zeros elsewhere before the sum.
-        present = torch.tensor([p.grad is not None for p in parameters] + [meta_loss], dtype=torch.float64)
-        dist.all_reduce(present)
+        present = torch.tensor(
+            [p.grad is not None for p in parameters] + [meta_loss], dtype=torch.float64, device=self.device
+        )
+        dist.all_reduce(present)  # NCCL reduces CUDA tensors only: everything lives on the rank's device
         gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-        flat = torch.cat([g.reshape(-1) for g in gradients]).to(self.device)
+        flat = torch.cat([g.reshape(-1) for g in gradients])
         dist.all_reduce(flat)
         offset = 0
         for parameter, had_gradient in zip(parameters, present[:-1].tolist(), strict=True):
@@ -55,7 +57,7 @@ class Ranks:
             if had_gradient:
                 parameter.grad = flat[offset : offset + size].view_as(parameter).clone()
             offset += size
-        return float(present[-1])
+        return float(present[-1].item())
 
     def any(self, flag: bool) -> bool:
         """Whether `flag` is true on some rank (so that all ranks stop at the same step)."""

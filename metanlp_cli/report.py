@@ -477,7 +477,7 @@ def write_report(paths: list[Path], out: Path) -> Report:
 def main(arguments: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="metanlp report",
-        description="Compare runs: test accuracy per method and task (mean ± 95%% CI over seeds), paired "
+        description="Compare runs: test accuracy per method and task (mean ± 95% CI over seeds), paired "
         "differences on the shared test episodes, validation curves, accuracy against K.",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="run directories, or folders above them (searched)")

@@ -53,6 +53,12 @@ def _worker(rank: int, world_size: int, port: int, output: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         gradients = meta_gradient(Ranks(rank, world_size))
+        # A parameter only rank 1 uses gets rank 1's gradient on every rank; one no rank uses keeps none.
+        used, unused = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+        if rank == 1:
+            (3 * used).sum().backward()
+        Ranks(rank, world_size).sum_gradients([used, unused], 0.0)
+        gradients.update(used=used.grad, unused_has_gradient=torch.tensor(unused.grad is not None))
         torch.save(gradients, f"{output}.rank{rank}")
     finally:
         dist.destroy_process_group()
@@ -70,6 +76,8 @@ def test_two_gloo_processes_compute_the_single_process_meta_gradient(tmp_path):
     single = meta_gradient(Ranks())
     for rank in (0, 1):
         shared = torch.load(f"{output}.rank{rank}", weights_only=True)
+        torch.testing.assert_close(shared.pop("used"), torch.full((2,), 3.0))
+        assert not shared.pop("unused_has_gradient")
         assert shared.keys() == single.keys()
         for name, gradient in single.items():
             torch.testing.assert_close(shared[name], gradient, rtol=1e-5, atol=1e-7, msg=f"{name} on rank {rank}")
