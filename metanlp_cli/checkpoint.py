@@ -164,7 +164,9 @@ class StopOnSignal:
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
-            self._previous = {number: signal.signal(number, self._request) for number in self.SIGNALS}
+            for number in self.SIGNALS:
+                if signal.getsignal(number) is not signal.SIG_IGN:  # ignored (a background job's SIGINT): keep it so
+                    self._previous[number] = signal.signal(number, self._request)
         return self
 
     def __exit__(self, *exception) -> None:

@@ -34,6 +34,17 @@ def metrics_without_timing(run_dir) -> list[dict]:
     return [{k: v for k, v in record.items() if k != "episodes_per_s"} for record in records]
 
 
+@pytest.fixture
+def default_signal_handlers():
+    """Python's own handlers, whatever the test runner inherited (a background job ignores SIGINT)."""
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for number, handler in previous.items():
+        signal.signal(number, handler)
+
+
 def interrupt_at_episode(monkeypatch, index: int) -> None:
     """Send this process SIGINT while the sampler draws episode `index` (in the middle of a step)."""
     original = EpisodeSampler.episode
@@ -46,7 +57,9 @@ def interrupt_at_episode(monkeypatch, index: int) -> None:
     monkeypatch.setattr(EpisodeSampler, "episode", episode)
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_results(compose_config, tmp_path, monkeypatch):
+def test_interrupted_and_resumed_run_ends_with_the_same_results(
+    compose_config, tmp_path, monkeypatch, default_signal_handlers
+):
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
     uninterrupted.mkdir(), interrupted.mkdir()
     train.run(compose_config("train", OVERRIDES), uninterrupted, CHOICES)
@@ -95,7 +108,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(compose_con
         torch.testing.assert_close(last["model"][name], tensor, rtol=0, atol=0)
 
 
-def test_the_stop_handler_defers_the_signal_and_is_removed_afterwards():
+def test_the_stop_handler_defers_the_signal_and_is_removed_afterwards(default_signal_handlers):
     with StopOnSignal() as stop:
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt without the handler
@@ -103,6 +116,14 @@ def test_the_stop_handler_defers_the_signal_and_is_removed_afterwards():
         assert stop.requested and stop.signal_number == signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_an_ignored_signal_stays_ignored(default_signal_handlers):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a job started in the background by a shell
+    with StopOnSignal() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert not stop.requested and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 def test_finding_the_checkpoint_to_resume(tmp_path):
