@@ -58,18 +58,18 @@ def load_checkpoint(path: str | Path, key: str = "checkpoint") -> dict:
 RESUMABLE_KEYS = ("resume", "trainer.steps", "trainer.progress", "trainer.device", "trainer.distributed", "paths.")
 
 
-def training_state(algo: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, best_val: float) -> dict:
-    """The part of a checkpoint that `restore_training_state` puts back."""
+def training_state(algo: torch.nn.Module, optimizer: torch.optim.Optimizer | None, step: int, best_val: float) -> dict:
+    """The part of a checkpoint that `restore_training_state` puts back (no optimizer: all frozen)."""
     return {
         "model": algo.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer else None,
         "step": step,
         "best_val_accuracy": best_val,
     }
 
 
 def restore_training_state(
-    resume: str | None, algo: torch.nn.Module, optimizer: torch.optim.Optimizer
+    resume: str | None, algo: torch.nn.Module, optimizer: torch.optim.Optimizer | None
 ) -> tuple[int, float]:
     """Load `resume` (a last.pt) into the model and optimizer; returns (step, best validation accuracy).
     Without `resume`: (0, -inf), a fresh start."""
@@ -77,7 +77,8 @@ def restore_training_state(
         return 0, -math.inf
     payload = load_checkpoint(resume, key="resume")
     algo.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
+    if optimizer is not None and payload.get("optimizer") is not None:
+        optimizer.load_state_dict(payload["optimizer"])
     return int(payload["step"]), float(payload.get("best_val_accuracy", -math.inf))
 
 

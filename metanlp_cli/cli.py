@@ -14,6 +14,7 @@ from metanlp_cli.errors import MetaNLPError, report_errors, traceback_requested
 COMMANDS = {
     "train": ("train", "meta-train a model, validate it, score the best checkpoint on the test protocol"),
     "eval": ("eval", "score a checkpoint: metanlp eval checkpoint=RUN_DIR/checkpoints/best.pt [protocol.*=...]"),
+    "data": ("data", "check a dataset before training: metanlp data describe dataset=NAME"),
     "report": (None, "compare runs: metanlp report PATH... [--out DIR] (tables, paired differences, plots)"),
 }
 # Overrides that need a Hydra plugin from the `sweeps` extra: (key, choice prefix) -> plugin module.
@@ -24,6 +25,7 @@ PLUGINS = {
     ("hydra/launcher", "submitit"): "hydra_plugins.hydra_submitit_launcher",
     ("hydra/launcher", "slurm"): "hydra_plugins.hydra_submitit_launcher",
 }
+DATA_ACTIONS = ("describe",)
 HYDRA_FLAGS_WITH_VALUE = {
     "--cfg",
     "-c",
@@ -66,6 +68,7 @@ def usage() -> str:
         "  metanlp train -m hparams_search=optuna algo=reptile hydra.sweeper.n_trials=20",
         "  metanlp train resume=outputs/train/DATE/TIME      # or resume=true: the newest run",
         "  metanlp eval checkpoint=outputs/train/DATE/TIME/checkpoints/best.pt protocol.k_shot=1",
+        "  metanlp data describe dataset=glue/mrpc",
         "  metanlp report outputs/multirun/DATE/TIME --out report/",
         "",
         "`metanlp COMMAND --help` shows Hydra's help for that command.",
@@ -109,6 +112,17 @@ def check_sweep_options(overrides: list[str], multirun: bool) -> None:
             raise MetaNLPError(f"hparams_search={value} runs many trainings: add -m (metanlp train -m {override} ...)")
 
 
+def missing_keys(node: dict, prefix: str = "") -> list[str]:
+    """Keys whose value is `???` (a value the user must give), without resolving interpolations."""
+    missing = []
+    for key, value in node.items():
+        if value == "???":
+            missing.append(f"{prefix}{key}")
+        elif isinstance(value, dict):
+            missing += missing_keys(value, f"{prefix}{key}.")
+    return missing
+
+
 def check_composition(config_name: str, overrides: list[str]):
     """Compose the config once before Hydra does, so a bad key or type is one line, not a report.
     Returns the composed config."""
@@ -120,7 +134,7 @@ def check_composition(config_name: str, overrides: list[str]):
     plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name=config_name):
         try:
-            return compose(config_name, overrides=plain)
+            composed = compose(config_name, overrides=plain)
         except (HydraException, OmegaConfBaseException) as error:
             unknown = re.match(r"Could not override '([^']+)'", str(error))
             if unknown:
@@ -132,6 +146,10 @@ def check_composition(config_name: str, overrides: list[str]):
                 raise MetaNLPError(f"{key} is not a known key{allowed} (add a new key with +{key}=...)") from None
             message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
             raise MetaNLPError(message) from None
+    missing = missing_keys(OmegaConf.to_container(composed, resolve=False))
+    if missing:
+        raise MetaNLPError(f"{missing[0]} is required: add {missing[0]}=... to the command line")
+    return composed
 
 
 def _train_task(cfg):
@@ -154,7 +172,13 @@ def _eval_task(cfg):
     evaluate.run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
 
 
-TASKS = {"train": _train_task, "eval": _eval_task}
+def _data_task(cfg):
+    from metanlp_cli.data import describe
+
+    describe.run(cfg)
+
+
+TASKS = {"train": _train_task, "eval": _eval_task, "data": _data_task}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,6 +198,11 @@ def main(argv: list[str] | None = None) -> None:
 
             report.main(rest)
             return
+        if command == "data":
+            action = rest.pop(0) if rest and "=" not in rest[0] and not rest[0].startswith("-") else None
+            if action not in DATA_ACTIONS:
+                given = f"unknown action {action!r}" if action else "an action is needed"
+                raise MetaNLPError(f"metanlp data: {given}; allowed: {', '.join(DATA_ACTIONS)}")
         if not CONFIG_DIR.is_dir():
             raise MetaNLPError(f"config folder {CONFIG_DIR} not found; install metanlp with `pip install -e .`")
         overrides = _overrides(rest)
@@ -197,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import hydra
 
-    sys.argv = [f"metanlp {command}", *rest]
+    sys.argv = [f"metanlp {command}", *rest]  # `metanlp data describe`: the action is already taken off
     app = hydra.main(config_path=str(CONFIG_DIR), config_name=COMMANDS[command][0], version_base="1.3")(
         report_errors(TASKS[command])
     )

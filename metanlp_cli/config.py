@@ -91,12 +91,18 @@ def build(node: DictConfig, key: str, **provided: Any) -> Any:
         raise MetaNLPError(f"{key} must be a config with a _target_")
     try:
         check_arguments(node, key, set(provided))
+        # Nested targets are built here too, so that their errors name their own key.
+        children = {
+            name: value for name, value in node.items() if isinstance(value, DictConfig) and "_target_" in value
+        }
+        plain = OmegaConf.create({name: value for name, value in node.items() if name not in children})
         # Runtime objects go to the partial, not through OmegaConf (which would convert dataclasses).
-        factory = hydra.utils.instantiate(node, _partial_=True, _convert_="all")
+        factory = hydra.utils.instantiate(plain, _partial_=True, _convert_="all")
     except OmegaConfBaseException as error:
         raise MetaNLPError(f"{key}: {error.msg if hasattr(error, 'msg') else error}") from None
+    children = {name: build(value, f"{key}.{name}") for name, value in children.items()}
     try:
-        return factory(**provided)
+        return factory(**children, **provided)
     except ValueError as error:  # constructors raise ValueError for a bad value
         raise MetaNLPError(f"{key}: {error}") from None
 

@@ -9,7 +9,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from metanlp_cli.algorithms.base import LabelSpace
 from metanlp_cli.checkpoint import load_checkpoint
-from metanlp_cli.components import build_algorithm, encode_splits, load_dataset, resolve_device
+from metanlp_cli.components import (
+    build_algorithm,
+    build_encoder,
+    cache_frozen_features,
+    encode_splits,
+    load_dataset,
+    resolve_device,
+)
 from metanlp_cli.config import TrainerConfig, apply_overrides, build, validate
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.results import summary_line, write_results
@@ -32,10 +39,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     device = resolve_device(trainer.device)
     tokenizer = build(run_cfg.backbone.tokenizer, "backbone.tokenizer")
     tokenizer.load_state_dict(checkpoint["tokenizer"])
-    splits, _ = encode_splits(tokenizer, load_dataset(run_cfg), (cfg.split,), device)
+    splits, _ = encode_splits(tokenizer, load_dataset(run_cfg), (cfg.split,), device, cfg.paths.get("cache_dir"))
 
-    algo = build_algorithm(run_cfg, tokenizer.vocab_size, LabelSpace(**checkpoint["label_space"])).to(device)
+    encoder = build_encoder(run_cfg, tokenizer.vocab_size)
+    algo = build_algorithm(run_cfg, encoder, LabelSpace(**checkpoint["label_space"])).to(device)
     algo.load_state_dict(checkpoint["model"])
+    splits, seconds = cache_frozen_features(encoder, splits, trainer.progress)
+    if seconds:
+        log.info("frozen layers: their output for every example computed once, in %.2fs", seconds)
     protocol = build(run_cfg.protocol, "protocol")
     results = protocol.run(algo, splits[cfg.split], device, trainer.progress)
 

@@ -43,15 +43,22 @@ class EpisodicProtocol:
 
     def run(self, algo: Algorithm, split: EncodedSplit, device: torch.device, progress: bool = True) -> dict:
         torch.manual_seed(self.seed)  # for any randomness inside adaptation: `metanlp eval` reproduces it
-        scores = episode_accuracies(algo, self.episodes(split), device, f"{split.name} episodes", progress)
-        return {
+        sampler = self.sampler(split)
+        episodes = sampler.episodes(self.num_episodes)
+        scores = episode_accuracies(algo, episodes, device, f"{split.name} episodes", progress)
+        ways = sorted({episode.n_way for episode in episodes})
+        results = {
             "protocol": "episodic",
             "split": split.name,
-            "n_way": self.n_way,
+            "n_way": ways[0] if len(ways) == 1 else ways,  # a task collection's tasks may have fewer labels
             "k_shot": self.k_shot,
             "q_query": self.q_query,
             "episodes": self.num_episodes,
             "seed": self.seed,
+            "chance": sum(1 / episode.n_way for episode in episodes) / len(episodes),
             "accuracy": mean_confidence_interval(scores),
             "episode_accuracies": scores,
         }
+        if sampler.capped_query_sizes:
+            results["q_query_per_task"] = sampler.capped_query_sizes  # tasks whose classes cannot hold q_query
+        return results

@@ -10,10 +10,26 @@ def format_score(score: dict) -> str:
     return f"{100 * score['mean']:.2f} +/- {100 * score['ci95']:.2f}"
 
 
+def n_way_text(results: dict) -> str:
+    """`5`, or `2/3` where a task collection's episodes have different numbers of classes."""
+    n_way = results["n_way"]
+    return "/".join(map(str, n_way)) if isinstance(n_way, list) else str(n_way)
+
+
+def q_query_text(results: dict) -> str:
+    """`15`, or `15 (4 in 5 tasks)` where a task's classes could not hold the full query."""
+    capped = results.get("q_query_per_task") or {}
+    if not capped:
+        return str(results["q_query"])
+    sizes = "/".join(map(str, sorted(set(capped.values()))))
+    return f"{results['q_query']} ({sizes} in {len(capped)} task{'s' * (len(capped) > 1)})"
+
+
 def summary_line(results: dict) -> str:
+    chance = results.get("chance", 1 / results["n_way"] if isinstance(results["n_way"], int) else float("nan"))
     return (
         f"test accuracy {format_score(results['accuracy'])} (95% CI, {results['episodes']} episodes, "
-        f"{results['n_way']}-way {results['k_shot']}-shot, chance {100 / results['n_way']:.1f})"
+        f"{n_way_text(results)}-way {results['k_shot']}-shot, chance {100 * chance:.1f})"
     )
 
 
@@ -22,8 +38,8 @@ def write_results(run_dir: Path, results: dict) -> None:
     rows = [
         "| dataset | algo | backbone | N-way | K-shot | Q-query | episodes | accuracy (%) |",
         "|---|---|---|---|---|---|---|---|",
-        f"| {results['dataset']} | {results['algo']} | {results['backbone']} | {results['n_way']} "
-        f"| {results['k_shot']} | {results['q_query']} | {results['episodes']} "
+        f"| {results['dataset']} | {results['algo']} | {results['backbone']} | {n_way_text(results)} "
+        f"| {results['k_shot']} | {q_query_text(results)} | {results['episodes']} "
         f"| {format_score(results['accuracy'])} |",
     ]
     text = "\n".join(

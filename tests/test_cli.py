@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from metanlp_cli import train
+from metanlp_cli import CONFIG_DIR, train
 
 
 def metanlp(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
@@ -57,19 +57,33 @@ def test_train_then_eval_reproduces_the_results_exactly(tmp_path):
 def test_help_lists_commands_and_config_groups():
     result = metanlp("--help")
     assert result.returncode == 0
-    for text in ("train", "eval", "algo", "maml, protonet, reptile", "backbone", "cnn, lstm, transformer"):
+    for text in (
+        "train",
+        "eval",
+        "algo",
+        "protomaml, protonet, reptile",
+        "backbone",
+        "cnn, lstm, minilm, pretrained, transformer",
+    ):
         assert text in result.stdout
 
 
 BAD_INPUTS = [
-    (["train", "algo=magic"], "algo='magic' is not a known choice; allowed: finetune, fomaml, maml"),
+    (["train", "algo=magic"], "algo='magic' is not a known choice; allowed: anil, finetune, fomaml, maml"),
     (["train", "trainer=smoke", "trainer.steps=abc"], "trainer.steps"),
     (["train", "trainer.stepz=3"], "trainer.stepz is not a known key; allowed: steps, meta_batch_size"),
-    (["train", "trainer=smoke", "algo=maml", "algo.inner_lr=fast"], "algo.inner_lr='fast' has the wrong type"),
+    (["train", "trainer=smoke", "algo=maml", "algo.inner_train.lr=fast"], "algo.inner_train.lr='fast' has the wrong"),
+    (["train", "trainer=smoke", "algo=maml", "algo.inner_params=top_9"], "algo.inner_params='top_9' but the backbone"),
+    (["train", "trainer=smoke", "algo=metasgd", "algo.inner_train.lr=0.1"], "inner_train.lr=0.1 must be null"),
     (["train", "trainer=smoke", "sampler.k_shot=30"], "k_shot + q_query = 45"),
     (["train", "trainer=smoke", "sampler.n_way=12"], "sampler.n_way=12 but the train split has only 9 classes"),
     (["eval", "checkpoint=/does/not/exist.pt"], "checkpoint='/does/not/exist.pt': file not found"),
-    (["evaluate"], "unknown command 'evaluate'; allowed: train, eval, report"),
+    (["evaluate"], "unknown command 'evaluate'; allowed: train, eval, data, report"),
+    (["train", "backbone=pretrained"], "backbone.name_or_path is required: add backbone.name_or_path=..."),
+    (
+        ["train", "trainer=smoke", "backbone=pretrained", "backbone.name_or_path=/no/such/model"],
+        "backbone.tokenizer.name_or_path='/no/such/model': no model directory at /no/such/model",
+    ),
 ]
 
 
@@ -84,14 +98,19 @@ def test_bad_input_is_one_clear_line(arguments, message, tmp_path):
     assert message in errors[0]
 
 
-ALGOS = ["protonet", "maml", "fomaml", "reptile", "finetune"]
-BACKBONES = ["cnn", "lstm", "transformer"]
+ALGOS = sorted(p.stem for p in (CONFIG_DIR / "algo").glob("*.yaml"))
+# Narrow encoders keep each combination to seconds: this checks the wiring, not the default sizes.
+BACKBONES = {
+    "cnn": ["backbone.encoder.embedding_dim=16", "backbone.encoder.num_filters=8"],
+    "lstm": ["backbone.encoder.embedding_dim=16", "backbone.encoder.hidden_size=8"],
+    "transformer": ["backbone.encoder.dim=16", "backbone.encoder.feedforward_dim=32"],
+}
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("algo", ALGOS)
 def test_every_algorithm_runs_with_every_backbone(algo, backbone, compose_config, tmp_path):
-    cfg = compose_config("train", [f"algo={algo}", f"backbone={backbone}", "trainer=smoke"])
+    cfg = compose_config("train", [f"algo={algo}", f"backbone={backbone}", "trainer=smoke", *BACKBONES[backbone]])
     best_val = train.run(cfg, tmp_path, {"algo": algo, "backbone": backbone, "dataset": "chatterbot"})
     results = json.loads((tmp_path / "results.json").read_text())
     assert 0.0 <= best_val <= 1.0 and results["episodes"] == 10

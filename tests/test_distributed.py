@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from metanlp_cli.algorithms.base import LabelSpace
+from metanlp_cli.algorithms.inner_loop import InnerLoop
 from metanlp_cli.algorithms.maml import MAML
 from metanlp_cli.backbones.cnn import WordCNN
 from metanlp_cli.distributed import Ranks, launch_arguments, start
@@ -28,7 +29,7 @@ def maml_and_sampler() -> tuple[MAML, EpisodeSampler]:
     """Second-order MAML on a small word CNN with dropout, so the masks must follow the episodes too."""
     torch.manual_seed(0)
     encoder = WordCNN(VOCAB_SIZE, embedding_dim=8, filter_sizes=(2, 3), num_filters=4, dropout=0.3)
-    algo = MAML(encoder, LabelSpace(n_way=3, num_train_classes=10), inner_lr=0.3, inner_steps=2)
+    algo = MAML(encoder, LabelSpace(n_way=3, num_train_classes=10), inner_train=InnerLoop(steps=2, lr=0.3))
     sampler = EpisodeSampler(keyword_split("train", range(10), examples_per_class=8), 3, 2, 3, seed=SEED)
     return algo, sampler
 

@@ -37,7 +37,7 @@ def make_run(directory, algo, seed, episode_accuracies, k_shot=5, backbone="cnn"
         "checkpoint": str(directory / "checkpoints" / "best.pt"),
     }
     (directory / "results.json").write_text(json.dumps(results))
-    config = {"seed": seed, "trainer": {"seed": seed, "steps": 100}, "algo": {"inner_lr": inner_lr}}
+    config = {"seed": seed, "trainer": {"seed": seed, "steps": 100}, "algo": {"inner_train": {"lr": inner_lr}}}
     (directory / "config.yaml").write_text(yaml.safe_dump(config))
     (directory / ".hydra").mkdir()
     (directory / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"algo={algo}", f"seed={seed}", *overrides]))
@@ -127,7 +127,7 @@ def test_differing_settings_name_the_method_and_several_k_get_a_plot(tmp_path):
     make_run(tmp_path / "b", "maml", 1, scores(2, 0.5), inner_lr=0.0123456, overrides=["trainer.steps=100"])
     make_run(tmp_path / "c", "maml", 1, scores(3, 0.4), k_shot=1, overrides=["trainer.steps=100"])
     report = write_report([tmp_path], tmp_path / "report")
-    assert report.methods == ["maml/cnn algo.inner_lr=0.01235", "maml/cnn algo.inner_lr=0.1"]
+    assert report.methods == ["maml/cnn algo.inner_train.lr=0.01235", "maml/cnn algo.inner_train.lr=0.1"]
     assert [t.k_shot for t in report.tasks] == [1, 5]
     assert (tmp_path / "report" / "accuracy_vs_k_chatterbot_5_way_test.png").is_file()
     assert (

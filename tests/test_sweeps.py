@@ -53,12 +53,15 @@ def test_an_optuna_search_maximises_the_validation_accuracy(tmp_path):
     best_val = {}
     for trial in trials:
         overrides = dict(o.split("=", 1) for o in yaml.safe_load((trial / ".hydra" / "overrides.yaml").read_text()))
-        assert 0.01 <= float(overrides["algo.inner_lr"]) <= 1.0 and 1 <= int(overrides["algo.inner_steps"]) <= 5
+        assert (
+            0.01 <= float(overrides["algo.inner_train.lr"]) <= 1.0
+            and 1 <= int(overrides["algo.inner_train.steps"]) <= 5
+        )
         assert 1e-4 <= float(overrides["trainer.outer_lr"]) <= 1e-2
         best_val[trial.name] = json.loads((trial / "results.json").read_text())["best_val_accuracy"]
     optimum = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert optimum["best_value"] == pytest.approx(max(best_val.values()))
-    assert set(optimum["best_params"]) == {"algo.inner_lr", "algo.inner_steps", "trainer.outer_lr"}
+    assert set(optimum["best_params"]) == {"algo.inner_train.lr", "algo.inner_train.steps", "trainer.outer_lr"}
 
 
 @pytest.mark.slow

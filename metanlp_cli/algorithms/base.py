@@ -7,13 +7,14 @@ logits = learner(episode.query.inputs)      # evaluation
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.sampling import Batch
 
 Learner = Callable[[torch.Tensor], torch.Tensor]  # inputs -> logits
@@ -21,7 +22,7 @@ Learner = Callable[[torch.Tensor], torch.Tensor]  # inputs -> logits
 
 @dataclass(frozen=True)
 class LabelSpace:
-    """What heads are sized by: classes per episode, and classes in the meta-train split."""
+    """What heads are sized by: the most classes an episode has, and classes in the meta-train split."""
 
     n_way: int
     num_train_classes: int
@@ -37,6 +38,34 @@ class Classifier(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(inputs))
+
+
+def episode_way(support: Batch, head_rows: int) -> int:
+    """The number of classes of this episode, checked against the rows of a fixed-size head."""
+    n_way = len(support.classes)
+    if n_way > head_rows:
+        raise MetaNLPError(
+            f"an episode has {n_way} classes but the head was built for at most {head_rows} "
+            f"(sampler.n_way at training); allowed: protocol.n_way <= {head_rows}"
+        )
+    return n_way
+
+
+def first_head_rows(parameters: Mapping[str, torch.Tensor], n_way: int) -> dict[str, torch.Tensor]:
+    """The parameters of an N-way episode of a fixed-size head: its first N rows.
+
+    Why rows of one head sized for the largest episode (`LabelSpace.n_way`): episode labels are a
+    random order of the sampled classes, so every row learns the same kind of class-agnostic start.
+    When every episode is N-way this is exactly the head of MAML (and Reptile, Meta-SGD); a 2-way
+    episode next to a 5-way one uses and adapts rows 0-1 only, and the other rows get no gradient
+    from it. Zero-initialised heads would also fit any N, but change the algorithm for fixed N.
+    Works on any dict keyed by parameter name (Meta-SGD slices its learning rates the same way).
+    """
+    sliced = dict(parameters)
+    for name in ("head.weight", "head.bias"):
+        if name in sliced:
+            sliced[name] = sliced[name][:n_way]
+    return sliced
 
 
 class Algorithm(nn.Module):

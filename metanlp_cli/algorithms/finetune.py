@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace
+from metanlp_cli.algorithms.inner_loop import InnerLoop, require_lr, support_subset
 from metanlp_cli.sampling import Batch
 
 
@@ -31,34 +32,54 @@ class LinearProbe:
         return F.linear(self.encoder(inputs), self.weight, self.bias)
 
 
+def episode_examples(support: Batch, query: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Support and query rows of an episode as one supervised batch, with split-level class ids."""
+    inputs = [support.inputs, query.inputs]
+    if not inputs[0].is_floating_point():  # token ids: pad to the longer of the two
+        width = max(x.shape[1] for x in inputs)
+        inputs = [F.pad(x, (0, width - x.shape[1])) for x in inputs]
+    labels = torch.cat([support.classes[support.labels], query.classes[query.labels]])
+    return torch.cat(inputs), labels
+
+
+def fit_linear_probe(encoder: nn.Module, support: Batch, loop: InnerLoop) -> LinearProbe:
+    """A zero-initialised N-way head fitted by Adam (`loop.lr`, `loop.steps`) on frozen support features."""
+    with torch.no_grad():
+        features = encoder(support.inputs)
+    n_way = len(support.classes)
+    weight = features.new_zeros(n_way, features.shape[1], requires_grad=True)
+    bias = features.new_zeros(n_way, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=loop.lr)
+    examples = Batch(features, support.labels, support.classes)
+    for _ in range(loop.steps):
+        batch = support_subset(examples, loop.support_batch_size)
+        optimizer.zero_grad()
+        F.cross_entropy(F.linear(batch.inputs, weight, bias), batch.labels).backward()
+        optimizer.step()
+    return LinearProbe(encoder, weight.detach(), bias.detach())
+
+
 class FineTune(Algorithm):
+    """Meta-training is supervised learning over all meta-train classes (an episode is just a batch);
+    adaptation fits a new head on the support set (`inner_eval`, Adam)."""
+
     def __init__(
-        self, encoder: nn.Module, label_space: LabelSpace, adapt_steps: int = 100, adapt_lr: float = 0.01
+        self,
+        encoder: nn.Module,
+        label_space: LabelSpace,
+        inner_eval: InnerLoop = InnerLoop(steps=100, lr=0.01),
     ) -> None:
         super().__init__()
+        require_lr(inner_eval, "inner_eval", learned=False)
         self.model = Classifier(encoder, label_space.num_train_classes)
-        self.adapt_steps, self.adapt_lr = adapt_steps, adapt_lr
+        self.inner_eval = inner_eval
 
     def adapt(self, support: Batch) -> SupervisedLearner | LinearProbe:
         if self.training:
             return SupervisedLearner(self.model, support)
-        with torch.no_grad():
-            features = self.model.encoder(support.inputs)
-        n_way = len(support.classes)
-        weight = features.new_zeros(n_way, features.shape[1], requires_grad=True)
-        bias = features.new_zeros(n_way, requires_grad=True)
-        optimizer = torch.optim.Adam([weight, bias], lr=self.adapt_lr)
-        for _ in range(self.adapt_steps):
-            optimizer.zero_grad()
-            F.cross_entropy(F.linear(features, weight, bias), support.labels).backward()
-            optimizer.step()
-        return LinearProbe(self.model.encoder, weight.detach(), bias.detach())
+        return fit_linear_probe(self.model.encoder, support, self.inner_eval)
 
     def meta_loss(self, learner: SupervisedLearner, query: Batch) -> torch.Tensor:
         """Cross-entropy over all meta-train classes on the whole episode (support and query)."""
-        support = learner.support
-        inputs = [support.inputs, query.inputs]
-        width = max(x.shape[1] for x in inputs)
-        inputs = torch.cat([F.pad(x, (0, width - x.shape[1])) for x in inputs])
-        labels = torch.cat([support.classes[support.labels], query.classes[query.labels]])
+        inputs, labels = episode_examples(learner.support, query)
         return F.cross_entropy(learner(inputs), labels)

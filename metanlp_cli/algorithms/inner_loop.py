@@ -1,15 +1,18 @@
-"""The functional core of the gradient-based learners: SGD steps on an explicit parameter dict.
+"""The functional core of the gradient-based learners: update steps on an explicit parameter dict.
 
-No module is copied per task: fast weights are tensors computed from the meta-parameters, and
-`torch.func.functional_call` runs the shared module with them. With `create_graph=True` the
-steps stay differentiable (second-order MAML); without, the gradients are constants and the
-meta-gradient is the first-order approximation (FOMAML).
+No module is copied per task: fast weights are tensors computed from the meta-parameters, and a
+`forward(parameters, inputs) -> logits` function (usually `torch.func.functional_call` of the
+shared module) runs the model with them. With `create_graph=True` the steps stay differentiable
+(second-order MAML); without, the gradients are constants and the meta-gradient is the
+first-order approximation (FOMAML).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,15 +23,92 @@ from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.sampling import Batch
 
 Parameters = dict[str, torch.Tensor]
+Forward = Callable[[Parameters, torch.Tensor], torch.Tensor]  # (parameters, inputs) -> logits
 
 PARAMETER_ALIASES = {"all": ["*"], "head": ["head.*"]}
+TOP_K = re.compile(r"top_(\d+)")
+
+
+@dataclass(frozen=True)
+class InnerLoop:
+    """How a learner adapts to a support set: `steps` updates at learning rate `lr`, each on
+    `support_batch_size` support examples drawn at random (the whole support set when None).
+    `lr` is None for algorithms that learn their update (Meta-SGD, the meta-LSTM)."""
+
+    steps: int = 5
+    lr: float | None = 0.1
+    support_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps={self.steps} must be >= 0")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr={self.lr} must be > 0 (or null where the algorithm learns its update)")
+        if self.support_batch_size is not None and self.support_batch_size < 1:
+            raise ValueError(f"support_batch_size={self.support_batch_size} must be >= 1 (or null: all)")
+
+
+def require_lr(loop: InnerLoop, key: str, learned: bool) -> None:
+    """Algorithms with a fixed rate need `lr`; those that learn their update must not be given one."""
+    if learned and loop.lr is not None:
+        raise ValueError(f"{key}.lr={loop.lr} must be null: this algorithm learns its inner update")
+    if not learned and loop.lr is None:
+        raise ValueError(f"{key}.lr is null but this algorithm needs an inner learning rate")
+
+
+def encoder_blocks(encoder: nn.Module, prefix: str = "encoder.") -> list[list[str]] | None:
+    """The encoder's parameter names grouped by block, input to output, from its `layer_names()`.
+
+    `layer_names()` lists submodule names in forward order (the CNN: embedding, convolutions).
+    A parameter under no listed name joins the block listed before it in registration order
+    (the Transformer's position table joins the embedding, its final norm the last layer).
+    None when the encoder does not list its blocks.
+    """
+    if not hasattr(encoder, "layer_names"):
+        return None
+    names = list(encoder.layer_names())
+    blocks: list[list[str]] = [[] for _ in names]
+    current = 0
+    for name, _ in encoder.named_parameters():
+        for index, block in enumerate(names):
+            if name == block or name.startswith(block + "."):
+                current = index
+        blocks[current].append(prefix + name)
+    return blocks
+
+
+def _patterns(include: str | Sequence[str], blocks: list[list[str]] | None, key: str) -> list[str]:
+    """Name patterns of an `inner_params` value: aliases (all, head), top_K, or fnmatch patterns."""
+    patterns = []
+    for entry in [include] if isinstance(include, str) else list(include):
+        top = TOP_K.fullmatch(entry)
+        if top is None:
+            patterns += PARAMETER_ALIASES.get(entry, [entry])
+            continue
+        k = int(top.group(1))
+        if blocks is None:
+            raise MetaNLPError(f"{key}={entry!r}: this backbone does not list its layers; use all, head or patterns")
+        if k > len(blocks):
+            raise MetaNLPError(
+                f"{key}={entry!r} but the backbone has {len(blocks)} blocks; allowed: top_0..top_{len(blocks)}"
+            )
+        patterns += ["head.*"] + [name for block in blocks[len(blocks) - k :] for name in block]
+    return patterns
 
 
 def select_parameters(
-    names: Sequence[str], include: str | Sequence[str], exclude: Sequence[str], key: str = "algo.inner_params"
+    names: Sequence[str],
+    include: str | Sequence[str],
+    exclude: Sequence[str],
+    blocks: list[list[str]] | None = None,
+    key: str = "algo.inner_params",
 ) -> list[str]:
-    """Names matching any `include` pattern (or alias: all, head) and no `exclude` pattern."""
-    patterns = PARAMETER_ALIASES.get(include, [include]) if isinstance(include, str) else list(include)
+    """Names matching `include` and no `exclude` pattern.
+
+    `include` is `all`, `head`, `top_K` (the head and the encoder's last K blocks, see
+    `encoder_blocks`), fnmatch patterns over parameter names, or a list mixing these.
+    """
+    patterns = _patterns(include, blocks, key)
     chosen = [
         name
         for name in names
@@ -42,33 +122,58 @@ def select_parameters(
     return chosen
 
 
-class FastWeights:
-    """A learner: the shared module evaluated with a task's adapted parameters."""
+def module_forward(model: nn.Module) -> Forward:
+    """`forward(parameters, inputs)`: the shared module run with the given parameters."""
+    return lambda parameters, inputs: functional_call(model, parameters, (inputs,))
 
-    def __init__(self, model: nn.Module, parameters: Parameters) -> None:
-        self.model = model
+
+class FastWeights:
+    """A learner: a forward function evaluated with a task's adapted parameters."""
+
+    def __init__(self, forward: Forward, parameters: Parameters) -> None:
+        self.forward = forward
         self.parameters = parameters
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, self.parameters, (inputs,))
+        return self.forward(self.parameters, inputs)
+
+
+def support_subset(support: Batch, size: int | None) -> Batch:
+    """`size` support examples drawn without replacement (torch's generator), or all of them."""
+    if size is None or size >= len(support):
+        return support
+    rows = torch.randperm(len(support), device=support.labels.device)[:size]
+    return Batch(support.inputs[rows], support.labels[rows], support.classes)
+
+
+def support_gradients(
+    forward: Forward, parameters: Parameters, support: Batch, adapted: Sequence[str], create_graph: bool
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The support loss at `parameters` and its gradients with respect to the `adapted` entries."""
+    loss = F.cross_entropy(forward(parameters, support.inputs), support.labels)
+    gradients = torch.autograd.grad(loss, [parameters[name] for name in adapted], create_graph=create_graph)
+    return loss, gradients
 
 
 def gradient_steps(
-    model: nn.Module,
+    forward: Forward,
     parameters: Parameters,
     support: Batch,
     adapted: Sequence[str],
-    steps: int,
-    learning_rates: float | Mapping[str, torch.Tensor],
+    loop: InnerLoop,
     create_graph: bool,
+    learning_rates: Mapping[str, torch.Tensor] | None = None,
 ) -> Parameters:
-    """`steps` of p <- p - lr * dL_support/dp on the `adapted` entries of `parameters`."""
+    """`loop.steps` of p <- p - lr * dL_support/dp on the `adapted` entries of `parameters`.
+
+    `learning_rates` (one tensor per adapted name, broadcastable to it) replace `loop.lr`: Meta-SGD.
+    """
     parameters = dict(parameters)
-    for _ in range(steps):
-        loss = F.cross_entropy(functional_call(model, parameters, (support.inputs,)), support.labels)
-        gradients = torch.autograd.grad(loss, [parameters[name] for name in adapted], create_graph=create_graph)
+    for _ in range(loop.steps):
+        batch = support_subset(support, loop.support_batch_size)
+        _, gradients = support_gradients(forward, parameters, batch, adapted, create_graph)
         for name, gradient in zip(adapted, gradients, strict=True):
-            rate = learning_rates if isinstance(learning_rates, float) else learning_rates[name]
+            rate = loop.lr if learning_rates is None else learning_rates[name]
             parameters[name] = parameters[name] - rate * gradient
     return parameters
 

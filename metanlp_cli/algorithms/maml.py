@@ -6,52 +6,54 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace
+from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace, episode_way, first_head_rows
 from metanlp_cli.algorithms.inner_loop import (
     FastWeights,
+    InnerLoop,
+    encoder_blocks,
     gradient_steps,
+    module_forward,
     no_cudnn_for_double_backward,
+    require_lr,
     select_parameters,
 )
 from metanlp_cli.sampling import Batch
 
 
 class MAML(Algorithm):
-    """Learns an initialisation: `adapt` takes `inner_steps` SGD steps from it on the support set.
+    """Learns an initialisation: `adapt` takes SGD steps from it on the support set.
 
-    `first_order=True` drops the second-order terms (FOMAML). At evaluation the steps are taken
-    without a graph and `inner_steps_eval` of them.
+    `inner_train` sets the steps while meta-training, `inner_eval` at validation and test (taken
+    without a graph). `first_order=True` drops the second-order terms (FOMAML). `inner_params`
+    chooses what the inner loop adapts (all, head, top_K, name patterns) less `inner_frozen`;
+    the outer loop trains every parameter. An N-way episode uses the head's first N rows.
     """
 
     def __init__(
         self,
         encoder: nn.Module,
         label_space: LabelSpace,
-        inner_lr: float = 0.1,
-        inner_steps: int = 5,
-        inner_steps_eval: int = 10,
         first_order: bool = False,
         inner_params: str | Sequence[str] = "all",
         inner_frozen: Sequence[str] = ("encoder.embedding.*",),
+        inner_train: InnerLoop = InnerLoop(steps=5, lr=0.1),
+        inner_eval: InnerLoop = InnerLoop(steps=10, lr=0.1),
     ) -> None:
         super().__init__()
+        require_lr(inner_train, "inner_train", learned=False)
+        require_lr(inner_eval, "inner_eval", learned=False)
         self.model = Classifier(encoder, label_space.n_way)
-        self.inner_lr = inner_lr
-        self.inner_steps, self.inner_steps_eval = inner_steps, inner_steps_eval
         self.first_order = first_order
-        self.adapted = select_parameters([n for n, _ in self.model.named_parameters()], inner_params, inner_frozen)
+        self.inner_train, self.inner_eval = inner_train, inner_eval
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]  # frozen: no gradient
+        self.adapted = select_parameters(names, inner_params, inner_frozen, encoder_blocks(encoder))
 
     def adapt(self, support: Batch) -> FastWeights:
         create_graph = self.training and not self.first_order
-        steps = self.inner_steps if self.training else self.inner_steps_eval
+        n_way = episode_way(support, self.model.head.out_features)
+        parameters = first_head_rows(dict(self.model.named_parameters()), n_way)
+        forward = module_forward(self.model)
         with no_cudnn_for_double_backward(create_graph, support.inputs.device):
-            parameters = gradient_steps(
-                self.model,
-                dict(self.model.named_parameters()),
-                support,
-                self.adapted,
-                steps,
-                self.inner_lr,
-                create_graph,
-            )
-        return FastWeights(self.model, parameters)
+            loop = self.inner_train if self.training else self.inner_eval
+            parameters = gradient_steps(forward, parameters, support, self.adapted, loop, create_graph)
+        return FastWeights(forward, parameters)

@@ -11,34 +11,48 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace
-from metanlp_cli.algorithms.inner_loop import FastWeights, gradient_steps, select_parameters
+from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace, episode_way, first_head_rows
+from metanlp_cli.algorithms.inner_loop import (
+    FastWeights,
+    InnerLoop,
+    encoder_blocks,
+    gradient_steps,
+    module_forward,
+    require_lr,
+    select_parameters,
+)
 from metanlp_cli.sampling import Batch
 
 
 class Reptile(Algorithm):
+    """An N-way episode adapts (and moves) the head's first N rows only."""
+
     def __init__(
         self,
         encoder: nn.Module,
         label_space: LabelSpace,
-        inner_lr: float = 0.1,
-        inner_steps: int = 5,
-        inner_steps_eval: int = 10,
         inner_params: str | Sequence[str] = "all",
         inner_frozen: Sequence[str] = (),
+        inner_train: InnerLoop = InnerLoop(steps=5, lr=0.1),
+        inner_eval: InnerLoop = InnerLoop(steps=10, lr=0.1),
     ) -> None:
         super().__init__()
+        require_lr(inner_train, "inner_train", learned=False)
+        require_lr(inner_eval, "inner_eval", learned=False)
         self.model = Classifier(encoder, label_space.n_way)
-        self.inner_lr = inner_lr
-        self.inner_steps, self.inner_steps_eval = inner_steps, inner_steps_eval
-        self.adapted = select_parameters([n for n, _ in self.model.named_parameters()], inner_params, inner_frozen)
+        self.inner_train, self.inner_eval = inner_train, inner_eval
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]  # frozen: no gradient
+        self.adapted = select_parameters(names, inner_params, inner_frozen, encoder_blocks(encoder))
 
     def adapt(self, support: Batch) -> FastWeights:
+        n_way = episode_way(support, self.model.head.out_features)
         start = {name: p.detach().requires_grad_(name in self.adapted) for name, p in self.model.named_parameters()}
-        steps = self.inner_steps if self.training else self.inner_steps_eval
-        adapted = gradient_steps(self.model, start, support, self.adapted, steps, self.inner_lr, create_graph=False)
-        return FastWeights(self.model, {name: p.detach() for name, p in adapted.items()})
+        loop = self.inner_train if self.training else self.inner_eval
+        forward = module_forward(self.model)
+        adapted = gradient_steps(forward, first_head_rows(start, n_way), support, self.adapted, loop, False)
+        return FastWeights(forward, {name: p.detach() for name, p in adapted.items()})
 
     def meta_loss(self, learner: FastWeights, query: Batch) -> torch.Tensor:
-        parameters = dict(self.model.named_parameters())
-        return 0.5 * sum((parameters[n] - learner.parameters[n]).pow(2).sum() for n in self.adapted)
+        n_way = learner.parameters["head.weight"].shape[0]
+        theta = first_head_rows(dict(self.model.named_parameters()), n_way)
+        return 0.5 * sum((theta[n] - learner.parameters[n]).pow(2).sum() for n in self.adapted)

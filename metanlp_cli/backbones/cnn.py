@@ -21,6 +21,10 @@ class WordCNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output_dim = num_filters * len(filter_sizes)
 
+    def layer_names(self) -> list[str]:
+        """Blocks from input to output, for `algo.inner_params=top_K` (the filter widths run in parallel: one block)."""
+        return ["embedding", "convolutions"]
+
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         embedded = self.embedding(token_ids).transpose(1, 2)  # [batch, dim, length]
         padding = (token_ids == 0).unsqueeze(1)

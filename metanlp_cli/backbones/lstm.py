@@ -7,6 +7,9 @@ from torch import nn
 
 
 class BiLSTM(nn.Module):
+    """Stacked bidirectional layers, each its own `nn.LSTM` (the same computation as one multi-layer
+    `nn.LSTM` without inter-layer dropout) so that each is a block `algo.inner_params=top_K` can name."""
+
     def __init__(
         self,
         vocab_size: int,
@@ -20,14 +23,23 @@ class BiLSTM(nn.Module):
         if pooling not in ("mean", "max"):
             raise ValueError(f"backbone.encoder.pooling={pooling!r} is not allowed; allowed: mean, max")
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
-        self.lstm = nn.LSTM(embedding_dim, hidden_size, num_layers=num_layers, batch_first=True, bidirectional=True)
+        self.layers = nn.ModuleList(
+            nn.LSTM(embedding_dim if i == 0 else 2 * hidden_size, hidden_size, batch_first=True, bidirectional=True)
+            for i in range(num_layers)
+        )
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.output_dim = 2 * hidden_size
 
+    def layer_names(self) -> list[str]:
+        """Blocks from input to output, for `algo.inner_params=top_K`."""
+        return ["embedding"] + [f"layers.{i}" for i in range(len(self.layers))]
+
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         mask = (token_ids != 0).unsqueeze(-1)
-        states, _ = self.lstm(self.embedding(token_ids))
+        states = self.embedding(token_ids)
+        for layer in self.layers:
+            states, _ = layer(states)
         if self.pooling == "mean":
             pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
         else:

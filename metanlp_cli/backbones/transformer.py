@@ -61,6 +61,11 @@ class TransformerEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.output_dim = dim
 
+    def layer_names(self) -> list[str]:
+        """Blocks from input to output, for `algo.inner_params=top_K`. The position table belongs to
+        the embedding block and the final norm to the last layer (see `inner_loop.encoder_blocks`)."""
+        return ["embedding"] + [f"layers.{i}" for i in range(len(self.layers))]
+
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         padding = token_ids == 0
         positions = torch.arange(token_ids.shape[1], device=token_ids.device)
