@@ -138,3 +138,9 @@ class EpisodeSampler:
 
     def episodes(self, count: int) -> list[Episode]:
         return [self.episode(i) for i in range(count)]
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """The torch seed for episode `index`'s own randomness (dropout masks), so that they too depend on
+    (seed, index) only: not on how many episodes came before in this process or on another rank."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])

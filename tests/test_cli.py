@@ -78,7 +78,7 @@ BAD_INPUTS = [
     (["train", "trainer=smoke", "sampler.k_shot=30"], "k_shot + q_query = 45"),
     (["train", "trainer=smoke", "sampler.n_way=12"], "sampler.n_way=12 but the train split has only 9 classes"),
     (["eval", "checkpoint=/does/not/exist.pt"], "checkpoint='/does/not/exist.pt': file not found"),
-    (["evaluate"], "unknown command 'evaluate'; allowed: train, eval"),
+    (["evaluate"], "unknown command 'evaluate'; allowed: train, eval, data, report"),
     (["train", "backbone=pretrained"], "backbone.name_or_path is required: add backbone.name_or_path=..."),
     (
         ["train", "trainer=smoke", "backbone=pretrained", "backbone.name_or_path=/no/such/model"],
