@@ -101,6 +101,8 @@ class KShotProtocol:
     report each metric's mean and sample standard deviation over the training sets. A regression
     task gets a 1-output head fitted with the MSE loss on the encoder's features (`regression_head`)."""
 
+    name = "kshot"
+
     def __init__(
         self, batch_size: int = 64, seed: int = 2024, regression_head: InnerLoop = InnerLoop(steps=100, lr=0.01)
     ) -> None:
@@ -147,8 +149,16 @@ class KShotProtocol:
             group["scores"] = {name: mean_confidence_interval([run[name] for run in runs]) for name in runs[0]}
             group["score"] = group["scores"]["combined" if "combined" in runs[0] else group["metrics"][0]]
         return {
-            "protocol": "kshot",
+            "protocol": self.name,
             "seed": self.seed,
             "tasks": groups,
             "average": sum(group["score"]["mean"] for group in groups.values()) / len(groups),
         }
+
+
+class ArscProtocol(KShotProtocol):
+    """ARSC (Yu et al. 2018): for each target task of `dataset=arsc`, adapt on its 5-shot support file
+    (the task's train split) and score its test file's accuracy; report each task and the mean over
+    the targets. This is the k-shot protocol where every task has one training set."""
+
+    name = "arsc"

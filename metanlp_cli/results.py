@@ -26,7 +26,7 @@ def q_query_text(results: dict) -> str:
 
 
 def summary_line(results: dict) -> str:
-    if results.get("protocol") == "kshot":
+    if results.get("protocol") in KSHOT_PROTOCOLS:
         return kshot_summary_line(results)
     chance = results.get("chance", 1 / results["n_way"] if isinstance(results["n_way"], int) else float("nan"))
     return (
@@ -37,7 +37,7 @@ def summary_line(results: dict) -> str:
 
 def write_results(run_dir: Path, results: dict) -> None:
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    if results.get("protocol") == "kshot":
+    if results.get("protocol") in KSHOT_PROTOCOLS:
         (run_dir / "results.md").write_text(kshot_markdown(results))
         return
     rows = [
@@ -64,10 +64,17 @@ def write_results(run_dir: Path, results: dict) -> None:
 METRIC_LABELS = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
 
 
+# The protocols whose results are tasks scored on their evaluation splits (protocols.KShotProtocol).
+KSHOT_PROTOCOLS = ("kshot", "arsc")
+
+
 def kshot_cell(group: dict) -> str:
-    """`91.2 (1.1)`, or `81.0/75.2 (2.1/1.9)` for a task with several metrics, as LM-BFF prints them."""
+    """`91.2 (1.1)`, or `81.0/75.2 (2.1/1.9)` for a task with several metrics, as LM-BFF prints them;
+    the mean alone where a task has one training set (ARSC)."""
     scores = [group["scores"][name] for name in group["metrics"]]
     means = "/".join(f"{100 * score['mean']:.1f}" for score in scores)
+    if len(group["training_sets"]) == 1:
+        return means
     stds = "/".join(f"{100 * score['std']:.1f}" for score in scores)
     return f"{means} ({stds})"
 
@@ -81,6 +88,9 @@ def support_text(group: dict) -> str:
 
 def kshot_summary_line(results: dict) -> str:
     tasks = ", ".join(f"{name} {kshot_cell(group)}" for name, group in results["tasks"].items())
+    if results["protocol"] == "arsc":
+        count = len(results["tasks"])
+        return f"test ARSC accuracy per target task: {tasks}; mean over {count} {100 * results['average']:.1f}"
     return f"test k-shot scores (mean (std) over training sets): {tasks}; average {100 * results['average']:.1f}"
 
 
@@ -91,20 +101,32 @@ def kshot_markdown(results: dict) -> str:
     method = f"{results.get('algo')} ({results.get('backbone')})"
     cells = [kshot_cell(group) for group in groups.values()]
     details = [
-        f"- {name}: {len(group['training_sets'])} training sets of {support_text(group)}; "
+        f"- {name}: {len(group['training_sets'])} training set{'s' * (len(group['training_sets']) > 1)} "
+        f"of {support_text(group)}; "
         f"scored on the {group['evaluation_split']} split ({group['evaluation_examples']} examples)"
         for name, group in groups.items()
     ]
+    if results["protocol"] == "arsc":
+        title = "ARSC"
+        note = (
+            f"Each cell is the task's accuracy in % on its test file after adapting on its support file; "
+            f"the average is the mean over the {len(groups)} target tasks."
+        )
+    else:
+        title = "k-shot"
+        note = (
+            "Each cell is the mean (sample standard deviation) in % over the task's training sets (seeds); "
+            "a task with several metrics lists each, and the average takes their mean (GLUE's combined score)."
+        )
     return "\n".join(
         [
-            f"# Results: k-shot, {results['split']} split",
+            f"# Results: {title}, {results['split']} split",
             "",
             f"| method | {' | '.join(headers)} | average |",
             "|---" * (len(headers) + 2) + "|",
             f"| {method} | {' | '.join(cells)} | {100 * results['average']:.1f} |",
             "",
-            "Each cell is the mean (sample standard deviation) in % over the task's training sets (seeds); "
-            "a task with several metrics lists each, and the average takes their mean (GLUE's combined score).",
+            note,
             "",
             *details,
             "",

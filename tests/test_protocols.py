@@ -15,7 +15,7 @@ from metanlp_cli.algorithms.base import Algorithm
 from metanlp_cli.algorithms.finetune import fit_regression_probe
 from metanlp_cli.algorithms.inner_loop import InnerLoop
 from metanlp_cli.config import build
-from metanlp_cli.protocols import KShotProtocol, KShotTask
+from metanlp_cli.protocols import ArscProtocol, KShotProtocol, KShotTask
 from metanlp_cli.sampling import Batch
 from tests.conftest import keyword_split
 from tests.test_cli import metanlp
@@ -141,6 +141,66 @@ def test_eval_runs_the_kshot_protocol_on_a_checkpoint(tmp_path):
 
     wrong = metanlp("train", "trainer.steps=1", "protocol=kshot", f"hydra.run.dir={tmp_path / 'run2'}")
     assert wrong.returncode == 2 and "protocol=kshot is for metanlp eval" in wrong.stderr
+
+
+def test_arsc_scores_each_target_task_and_the_mean_over_them_by_hand():
+    inputs, labels = torch.tensor([[1], [0], [0], [1]]), torch.tensor([1, 1, 0, 0])  # unflipped: 2 of 4 right
+    tasks = [
+        KShotTask(
+            name, name, Batch(torch.tensor([[flip]]), torch.tensor([0]), torch.arange(2)), x, y, "test", ["accuracy"]
+        )
+        for name, flip, x, y in [
+            ("books.t2", 0, inputs, labels),  # 2/4
+            ("books.t4", 1, inputs[:3], labels[:3]),  # flipped: predictions 0, 1, 1 vs 1, 1, 0 -> 1/3
+        ]
+    ]
+    results = ArscProtocol(batch_size=2).run(FlipAlgorithm(), nn.Identity(), tasks, torch.device("cpu"), False)
+    assert results["protocol"] == "arsc"
+    assert results["tasks"]["books.t2"]["score"]["mean"] == pytest.approx(0.5)
+    assert results["tasks"]["books.t4"]["score"]["mean"] == pytest.approx(1 / 3)
+    assert results["average"] == pytest.approx((0.5 + 1 / 3) / 2)
+
+
+def write_arsc(root) -> None:
+    """An ARSC-shaped folder: 3 domains x 3 thresholds; `books` is the target domain; 5-shot support
+    files and 6-line test files for the targets."""
+    folder = root / "arsc"
+    folder.mkdir(parents=True)
+    (folder / "workspace.filtered.list").write_text("apparel\nbooks\ndvd\n")
+    (folder / "workspace.target.list").write_text("books\n")
+    words = {"-1": "awful broke sad", "1": "great fun good"}
+    for domain in ("apparel", "books", "dvd"):
+        for threshold in ("t2", "t4", "t5"):
+            for split, count in (("train", 5), ("dev", 4), ("test", 3)):
+                lines = [f"{words[label]} {domain} {i}\t{label}\n" for label in ("-1", "1") for i in range(count)]
+                (folder / f"{domain}.{threshold}.{split}").write_text("".join(lines))
+
+
+@pytest.mark.smoke
+def test_eval_runs_the_arsc_protocol_on_a_checkpoint(tmp_path):
+    write_arsc(tmp_path)
+    run_dir = tmp_path / "run"
+    trained = metanlp("train", "trainer=smoke", "algo=protonet", f"hydra.run.dir={run_dir}")
+    assert trained.returncode == 0, trained.stderr
+    evaluated = metanlp(
+        "eval",
+        f"checkpoint={run_dir}",
+        "protocol=arsc",
+        "dataset=arsc",
+        f"paths.data_root={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["protocol"] == "arsc" and list(results["tasks"]) == ["books.t2", "books.t4", "books.t5"]
+    for group in results["tasks"].values():
+        assert group["k_shot"] == [5] and group["evaluation_split"] == "test" and group["evaluation_examples"] == 6
+        assert len(group["training_sets"]) == 1
+    means = [group["score"]["mean"] for group in results["tasks"].values()]
+    assert results["average"] == pytest.approx(sum(means) / 3)
+    table = (tmp_path / "eval" / "results.md").read_text()
+    assert "| method | books.t2 (acc) | books.t4 (acc) | books.t5 (acc) | average |" in table
+    assert "mean over 3" in evaluated.stdout
 
 
 PRESETS = {
