@@ -89,7 +89,7 @@ SECOND_ORDER = {
     "maml": (MAML, {"inner_frozen": []}),
     "anil": (ANIL, {}),
     "metasgd": (MetaSGD, {"init_lr": 0.5, "inner_frozen": []}),
-    "protomaml": (ProtoMAML, {"inner_frozen": []}),
+    "protomaml": (ProtoMAML, {"inner_frozen": [], "first_order": False}),
 }
 
 
@@ -288,7 +288,7 @@ def test_metalstm_update_for_a_zero_gradient_is_the_identity_given_the_gates():
 
 def test_metalstm_step_is_the_gated_update_written_out(tiny_batches):
     support, _ = tiny_batches
-    algo = tiny(MetaLSTM, hidden_size=3, inner_train=loop(1), inner_frozen=[])
+    algo = tiny(MetaLSTM, hidden_size=3, inner_train=loop(1), inner_params="all", inner_frozen=[])
     names = [n for n, _ in algo.model.named_parameters()]
     start = manual_inner_steps(algo.model, support, 0, 0.0, names)
     loss = F.cross_entropy(functional_call(algo.model, start, (support.inputs,)), support.labels)
@@ -314,9 +314,10 @@ def test_metalstm_step_is_the_gated_update_written_out(tiny_batches):
 def test_metalstm_meta_gradient_of_the_cell_matches_finite_differences(tiny_batches):
     """With one inner step the gradient and loss the cell reads do not depend on the cell, so the
     meta-gradient of its weights is exact (for theta_0 the paper drops the second-order terms)."""
-    algo = tiny(MetaLSTM, hidden_size=3, inner_train=loop(1), inner_frozen=[])
+    algo = tiny(MetaLSTM, hidden_size=3, inner_train=loop(1), inner_params="all", inner_frozen=[])
     assert_matches_finite_differences(algo, *tiny_batches, names="meta_learner.")
-    two_steps = tiny(MetaLSTM, hidden_size=3, inner_train=loop(2), inner_frozen=[])  # h_1 != 0 reaches weight_hh
+    # With two steps h_1 != 0, so the input LSTM's recurrent weights get a gradient too.
+    two_steps = tiny(MetaLSTM, hidden_size=3, inner_train=loop(2), inner_params="all", inner_frozen=[])
     _, gradient = meta_loss_of(two_steps, *tiny_batches)
     assert [n for n in gradient if gradient[n].abs().sum() == 0] == []
 

@@ -32,7 +32,7 @@ class ANIL(Algorithm):
         label_space: LabelSpace,
         first_order: bool = False,
         inner_train: InnerLoop = InnerLoop(steps=5, lr=0.1),
-        inner_eval: InnerLoop = InnerLoop(steps=10, lr=0.1),
+        inner_eval: InnerLoop = InnerLoop(steps=100, lr=0.1),
     ) -> None:
         super().__init__()
         require_lr(inner_train, "inner_train", learned=False)

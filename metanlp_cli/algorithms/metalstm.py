@@ -96,10 +96,10 @@ class MetaLSTM(Algorithm):
         hidden_size: int = 20,
         init_lr: float = 0.1,
         init_forget: float = 0.999,
-        inner_params: str | Sequence[str] = "all",
+        inner_params: str | Sequence[str] = "head",
         inner_frozen: Sequence[str] = ("encoder.embedding.*",),
-        inner_train: InnerLoop = InnerLoop(steps=5, lr=None),
-        inner_eval: InnerLoop = InnerLoop(steps=10, lr=None),
+        inner_train: InnerLoop = InnerLoop(steps=10, lr=None),
+        inner_eval: InnerLoop = InnerLoop(steps=50, lr=None),
     ) -> None:
         super().__init__()
         require_lr(inner_train, "inner_train", learned=True)

@@ -42,7 +42,7 @@ class ProtoMAML(Algorithm):
         self,
         encoder: nn.Module,
         label_space: LabelSpace,
-        first_order: bool = False,
+        first_order: bool = True,
         inner_params: str | Sequence[str] = "all",
         inner_frozen: Sequence[str] = ("encoder.embedding.*",),
         inner_train: InnerLoop = InnerLoop(steps=5, lr=0.1),
