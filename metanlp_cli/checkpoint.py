@@ -1,12 +1,19 @@
-"""Checkpoints: plain data and tensors only, written atomically, loaded with weights_only=True."""
+"""Checkpoints: plain data and tensors only, written atomically, loaded with weights_only=True;
+and resuming a run from its last.pt, which Ctrl-C (or SIGTERM) writes before the run exits."""
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from metanlp_cli.errors import MetaNLPError
 
@@ -43,3 +50,126 @@ def load_checkpoint(path: str | Path, key: str = "checkpoint") -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise MetaNLPError(f"{key}={str(path)!r} is not a metanlp checkpoint (format {FORMAT_VERSION})")
     return payload
+
+
+# Resume: what a run needs to continue exactly where it stopped. Episodes and their dropout masks are
+# pure functions of (seed, episode index), so model, outer optimizer, step and best validation
+# accuracy are the whole state; the model's state_dict holds every meta-learned tensor.
+RESUMABLE_KEYS = ("resume", "trainer.steps", "trainer.progress", "trainer.device", "trainer.distributed", "paths.")
+
+
+def training_state(algo: torch.nn.Module, optimizer: torch.optim.Optimizer | None, step: int, best_val: float) -> dict:
+    """The part of a checkpoint that `restore_training_state` puts back (no optimizer: all frozen)."""
+    return {
+        "model": algo.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer else None,
+        "step": step,
+        "best_val_accuracy": best_val,
+    }
+
+
+def restore_training_state(
+    resume: str | None, algo: torch.nn.Module, optimizer: torch.optim.Optimizer | None
+) -> tuple[int, float]:
+    """Load `resume` (a last.pt) into the model and optimizer; returns (step, best validation accuracy).
+    Without `resume`: (0, -inf), a fresh start."""
+    if not resume:
+        return 0, -math.inf
+    payload = load_checkpoint(resume, key="resume")
+    algo.load_state_dict(payload["model"])
+    if optimizer is not None and payload.get("optimizer") is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+    return int(payload["step"]), float(payload.get("best_val_accuracy", -math.inf))
+
+
+def find_last_checkpoint(value: str, output_root: str | Path) -> Path:
+    """`resume=true`: the newest checkpoints/last.pt under OUTPUT_ROOT/train; `resume=RUN_DIR` or a file."""
+    if value.lower() == "true":
+        candidates = sorted((Path(output_root) / "train").rglob("checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise MetaNLPError(f"resume=true but no run under {Path(output_root) / 'train'} has checkpoints/last.pt")
+        return candidates[-1].resolve()
+    path = Path(value)
+    if path.is_dir():
+        path = next((c for c in (path / "checkpoints" / "last.pt", path / "last.pt") if c.is_file()), path)
+    if not path.is_file():
+        raise MetaNLPError(f"resume={value!r}: no checkpoints/last.pt there; give a run directory or its last.pt")
+    return path.resolve()
+
+
+def _quoted(value: str) -> str:
+    """A path as a Hydra override value (quoted when it has characters the override grammar reads)."""
+    return value if re.fullmatch(r"[\w./:-]+", value) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def resume_arguments(arguments: list[str], output_root: str | None, multirun: bool) -> list[str]:
+    """`resume=true|RUN_DIR|last.pt` on the command line -> the resolved last.pt, and Hydra told to write
+    into that run's own directory (its records of this command go to .hydra/resume_DATE_TIME/)."""
+    values = [a.partition("=")[2] for a in arguments if a.startswith("resume=")]
+    if not values or values[-1].lower() in ("null", "false", ""):
+        return arguments
+    if multirun:
+        raise MetaNLPError("resume continues one run; drop -m")
+    if any(a.startswith("hydra.run.dir=") for a in arguments):
+        raise MetaNLPError("resume writes into the run's own directory; drop hydra.run.dir=")
+    last = find_last_checkpoint(values[-1], output_root or "outputs")
+    run_dir = last.parent.parent if last.parent.name == "checkpoints" else last.parent
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    return [
+        *(a for a in arguments if not a.startswith("resume=")),
+        f"resume={_quoted(str(last))}",
+        f"hydra.run.dir={_quoted(str(run_dir))}",
+        f"hydra.output_subdir=.hydra/resume_{stamp}",
+    ]
+
+
+def resumed_config(cfg: DictConfig, choices: dict, overrides: list[str]) -> tuple[DictConfig, dict]:
+    """A resumed run continues the checkpoint's own config: only where data lives, the number of steps,
+    the device, the process count and the progress bar may change."""
+    if not cfg.get("resume"):
+        return cfg, choices
+    from metanlp_cli.config import apply_overrides
+
+    changed = [o for o in overrides if not o.lstrip("+~").startswith(RESUMABLE_KEYS)]
+    if changed:
+        raise MetaNLPError(
+            f"resume continues the run's saved config, so {changed[0]!r} cannot change; "
+            "allowed: trainer.steps, trainer.device, trainer.distributed, trainer.progress, paths.*"
+        )
+    payload = load_checkpoint(cfg.resume, key="resume")
+    run_cfg = apply_overrides(OmegaConf.create(payload["config"]), cfg, overrides, skip={"resume", "paths"})
+    run_cfg.paths = cfg.paths  # where data lives is this machine's business, not the checkpoint's
+    OmegaConf.update(run_cfg, "resume", str(cfg.resume), force_add=True)
+    return run_cfg, dict(payload["choices"])
+
+
+class StopOnSignal:
+    """Within the block, SIGINT (Ctrl-C) and SIGTERM (what a cluster sends before it kills a job) ask the
+    training loop to stop after the current step, so that the last.pt it writes is consistent.
+    Signals after the first are ignored while it stops (torchrun forwards a second one to its workers)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    def _request(self, signal_number: int, frame) -> None:
+        if self.signal_number is None:
+            os.write(2, b"\nstopping after the current step, then writing checkpoints/last.pt\n")
+            self.signal_number = signal_number
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # Python only delivers signals there
+            for number in self.SIGNALS:
+                if signal.getsignal(number) is not signal.SIG_IGN:  # ignored (a background job's SIGINT): keep it so
+                    self._previous[number] = signal.signal(number, self._request)
+        return self
+
+    def __exit__(self, *exception) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)

@@ -135,6 +135,7 @@ class TrainerConfig:
     device: str = "auto"
     seed: int = 0
     progress: bool = True
+    distributed: bool = False  # under torchrun: share each meta-batch among the processes
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

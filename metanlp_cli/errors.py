@@ -10,13 +10,23 @@ import sys
 class MetaNLPError(Exception):
     """A problem with the user's input (config, data, checkpoint), reported as one line."""
 
+    exit_status = 2
+
+
+class RunInterrupted(MetaNLPError):
+    """Training stopped on a signal after writing its checkpoint; exits with 128 + the signal number."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_status = 128 + signal_number
+
 
 def traceback_requested() -> bool:
     return os.environ.get("METANLP_TRACEBACK", "") not in ("", "0") or bool(os.environ.get("HYDRA_FULL_ERROR"))
 
 
 def report_errors(task):
-    """Wrap a CLI task: a MetaNLPError becomes `error: ...` on stderr and exit status 2."""
+    """Wrap a CLI task: a MetaNLPError becomes `error: ...` on stderr and its exit status (2)."""
 
     @functools.wraps(task)
     def wrapper(*args, **kwargs):
@@ -26,6 +36,6 @@ def report_errors(task):
             if traceback_requested():
                 raise
             print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(error.exit_status)
 
     return wrapper

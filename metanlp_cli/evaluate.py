@@ -9,9 +9,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from metanlp_cli.algorithms.base import LabelSpace
 from metanlp_cli.checkpoint import load_checkpoint
-from metanlp_cli.components import build_algorithm, encode_splits, load_dataset, resolve_device
+from metanlp_cli.components import (
+    build_algorithm,
+    build_encoder,
+    cache_frozen_features,
+    encode_splits,
+    kshot_tasks,
+    load_dataset,
+    resolve_device,
+)
 from metanlp_cli.config import TrainerConfig, apply_overrides, build, validate
 from metanlp_cli.errors import MetaNLPError
+from metanlp_cli.protocols import KShotProtocol
 from metanlp_cli.results import summary_line, write_results
 
 log = logging.getLogger(__name__)
@@ -32,12 +41,22 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     device = resolve_device(trainer.device)
     tokenizer = build(run_cfg.backbone.tokenizer, "backbone.tokenizer")
     tokenizer.load_state_dict(checkpoint["tokenizer"])
-    splits, _ = encode_splits(tokenizer, load_dataset(run_cfg), (cfg.split,), device)
-
-    algo = build_algorithm(run_cfg, tokenizer.vocab_size, LabelSpace(**checkpoint["label_space"])).to(device)
+    dataset, cache_dir = load_dataset(run_cfg), cfg.paths.get("cache_dir")
+    encoder = build_encoder(run_cfg, tokenizer.vocab_size)
+    algo = build_algorithm(run_cfg, encoder, LabelSpace(**checkpoint["label_space"])).to(device)
     algo.load_state_dict(checkpoint["model"])
     protocol = build(run_cfg.protocol, "protocol")
-    results = protocol.run(algo, splits[cfg.split], device, trainer.progress)
+
+    if isinstance(protocol, KShotProtocol):  # whole tasks: each training set adapted on, its evaluation set scored
+        tasks = kshot_tasks(tokenizer, dataset, cfg.split, encoder, device, cache_dir, trainer.progress)
+        results = protocol.run(algo, encoder, tasks, device, trainer.progress)
+    else:  # episodes sampled from the split
+        splits, _ = encode_splits(tokenizer, dataset, (cfg.split,), device, cache_dir)
+        splits, seconds = cache_frozen_features(encoder, splits, trainer.progress)
+        if seconds:
+            log.info("frozen layers: their output for every example computed once, in %.2fs", seconds)
+        results = protocol.run(algo, splits[cfg.split], device, trainer.progress)
+    results["split"] = cfg.split
 
     choices = {**checkpoint["choices"], **{k: v for k, v in _group_choices(overrides).items()}}
     results.update(
@@ -48,7 +67,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         best_val_accuracy=checkpoint.get("val_accuracy"),
     )
     write_results(run_dir, results)
-    print(summary_line(results).replace("test accuracy", f"{cfg.split} accuracy"))
+    print(summary_line(results).replace("test ", f"{cfg.split} ", 1))
     print(f"results: {run_dir / 'results.md'}")
     return results
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from metanlp_cli.algorithms.base import Algorithm
+from metanlp_cli.algorithms.base import Algorithm, Learner
+from metanlp_cli.algorithms.finetune import fit_regression_probe
+from metanlp_cli.algorithms.inner_loop import InnerLoop, require_lr
 from metanlp_cli.data.types import EncodedSplit
-from metanlp_cli.metrics import accuracy, mean_confidence_interval
-from metanlp_cli.sampling import Episode, EpisodeSampler
+from metanlp_cli.errors import MetaNLPError
+from metanlp_cli.metrics import accuracy, mean_confidence_interval, task_scores
+from metanlp_cli.sampling import Batch, Episode, EpisodeSampler
 
 
 def episode_accuracies(
@@ -43,15 +49,116 @@ class EpisodicProtocol:
 
     def run(self, algo: Algorithm, split: EncodedSplit, device: torch.device, progress: bool = True) -> dict:
         torch.manual_seed(self.seed)  # for any randomness inside adaptation: `metanlp eval` reproduces it
-        scores = episode_accuracies(algo, self.episodes(split), device, f"{split.name} episodes", progress)
-        return {
+        sampler = self.sampler(split)
+        episodes = sampler.episodes(self.num_episodes)
+        scores = episode_accuracies(algo, episodes, device, f"{split.name} episodes", progress)
+        ways = sorted({episode.n_way for episode in episodes})
+        results = {
             "protocol": "episodic",
             "split": split.name,
-            "n_way": self.n_way,
+            "n_way": ways[0] if len(ways) == 1 else ways,  # a task collection's tasks may have fewer labels
             "k_shot": self.k_shot,
             "q_query": self.q_query,
             "episodes": self.num_episodes,
             "seed": self.seed,
+            "chance": sum(1 / episode.n_way for episode in episodes) / len(episodes),
             "accuracy": mean_confidence_interval(scores),
             "episode_accuracies": scores,
         }
+        if sampler.capped_query_sizes:
+            results["q_query_per_task"] = sampler.capped_query_sizes  # tasks whose classes cannot hold q_query
+        return results
+
+
+@dataclass(frozen=True)
+class KShotTask:
+    """One training set of a task (`sst2-seed13`): its whole K-shot train split as one support set, and
+    the evaluation split it is scored on. `group` is the benchmark task the training set belongs to
+    (the training sets of a group share their evaluation split, as LM-BFF's seeds share the test set).
+    A regression task (STS-B) has float labels and no classes."""
+
+    name: str
+    group: str
+    support: Batch
+    evaluation_inputs: torch.Tensor
+    evaluation_labels: torch.Tensor
+    evaluation_split: str
+    metrics: list[str]
+    regression: bool = False
+
+
+def predict(learner, inputs: torch.Tensor, batch_size: int, regression: bool) -> torch.Tensor:
+    """The learner's predictions for `inputs` (its single output where `regression`, else the argmax
+    class), scored `batch_size` rows at a time."""
+    with torch.no_grad():
+        outputs = torch.cat([learner(chunk) for chunk in inputs.split(batch_size)])
+    return outputs.squeeze(-1) if regression else outputs.argmax(dim=-1)
+
+
+class KShotProtocol:
+    """LM-BFF / LEOPARD style: for each training set of a task (one per seed), adapt on all its K
+    examples per label and score the task's full evaluation split with the task's own metrics;
+    report each metric's mean and sample standard deviation over the training sets. A regression
+    task gets a 1-output head fitted with the MSE loss on the encoder's features (`regression_head`)."""
+
+    name = "kshot"
+
+    def __init__(
+        self, batch_size: int = 64, seed: int = 2024, regression_head: InnerLoop = InnerLoop(steps=100, lr=0.01)
+    ) -> None:
+        if batch_size < 1:
+            raise MetaNLPError(f"protocol.batch_size={batch_size}; allowed: an integer >= 1")
+        require_lr(regression_head, "protocol.regression_head", learned=False)
+        self.batch_size, self.seed, self.regression_head = batch_size, seed, regression_head
+
+    def adapt(self, algo: Algorithm, encoder: nn.Module, task: KShotTask) -> Learner:
+        with torch.enable_grad():
+            if task.regression:
+                support = task.support
+                return fit_regression_probe(encoder, support.inputs, support.labels, self.regression_head)
+            return algo.adapt(task.support)
+
+    def run(
+        self, algo: Algorithm, encoder: nn.Module, tasks: list[KShotTask], device: torch.device, progress: bool = True
+    ) -> dict:
+        """`encoder` is the algorithm's own (what a regression head is fitted on)."""
+        torch.manual_seed(self.seed)  # for any randomness inside adaptation (fine-tuning's batches)
+        algo.eval()
+        groups: dict[str, dict] = {}
+        for task in tqdm(tasks, desc="k-shot tasks", leave=False, disable=not progress, dynamic_ncols=True):
+            learner = self.adapt(algo, encoder, task)
+            predictions = predict(learner, task.evaluation_inputs, self.batch_size, task.regression)
+            scores = task_scores(task.metrics, predictions.cpu().numpy(), task.evaluation_labels.cpu().numpy())
+            support_size = (
+                [len(task.support)] if task.regression else sorted(set(torch.bincount(task.support.labels).tolist()))
+            )
+            group = groups.setdefault(
+                task.group,
+                {
+                    "metrics": task.metrics,
+                    "regression": task.regression,
+                    "evaluation_split": task.evaluation_split,
+                    "evaluation_examples": len(task.evaluation_labels),
+                    "support_examples" if task.regression else "k_shot": support_size,
+                    "training_sets": {},
+                },
+            )
+            group["training_sets"][task.name] = scores
+        for group in groups.values():
+            runs = list(group["training_sets"].values())
+            group["scores"] = {name: mean_confidence_interval([run[name] for run in runs]) for name in runs[0]}
+            group["score"] = group["scores"]["combined" if "combined" in runs[0] else group["metrics"][0]]
+        return {
+            "protocol": self.name,
+            "seed": self.seed,
+            "tasks": groups,
+            "average": sum(group["score"]["mean"] for group in groups.values()) / len(groups),
+        }
+
+
+class ArscProtocol(KShotProtocol):
+    """ARSC (Yu et al. 2018): for each target task of `dataset=arsc`, adapt on its 5-shot support file
+    (the task's train split) and score its test file's accuracy; report each task and the mean over
+    the targets. This is the k-shot protocol where every task has one training set."""
+
+    name = "arsc"

@@ -10,20 +10,41 @@ def format_score(score: dict) -> str:
     return f"{100 * score['mean']:.2f} +/- {100 * score['ci95']:.2f}"
 
 
+def n_way_text(results: dict) -> str:
+    """`5`, or `2/3` where a task collection's episodes have different numbers of classes."""
+    n_way = results["n_way"]
+    return "/".join(map(str, n_way)) if isinstance(n_way, list) else str(n_way)
+
+
+def q_query_text(results: dict) -> str:
+    """`15`, or `15 (4 in 5 tasks)` where a task's classes could not hold the full query."""
+    capped = results.get("q_query_per_task") or {}
+    if not capped:
+        return str(results["q_query"])
+    sizes = "/".join(map(str, sorted(set(capped.values()))))
+    return f"{results['q_query']} ({sizes} in {len(capped)} task{'s' * (len(capped) > 1)})"
+
+
 def summary_line(results: dict) -> str:
+    if results.get("protocol") in KSHOT_PROTOCOLS:
+        return kshot_summary_line(results)
+    chance = results.get("chance", 1 / results["n_way"] if isinstance(results["n_way"], int) else float("nan"))
     return (
         f"test accuracy {format_score(results['accuracy'])} (95% CI, {results['episodes']} episodes, "
-        f"{results['n_way']}-way {results['k_shot']}-shot, chance {100 / results['n_way']:.1f})"
+        f"{n_way_text(results)}-way {results['k_shot']}-shot, chance {100 * chance:.1f})"
     )
 
 
 def write_results(run_dir: Path, results: dict) -> None:
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if results.get("protocol") in KSHOT_PROTOCOLS:
+        (run_dir / "results.md").write_text(kshot_markdown(results))
+        return
     rows = [
         "| dataset | algo | backbone | N-way | K-shot | Q-query | episodes | accuracy (%) |",
         "|---|---|---|---|---|---|---|---|",
-        f"| {results['dataset']} | {results['algo']} | {results['backbone']} | {results['n_way']} "
-        f"| {results['k_shot']} | {results['q_query']} | {results['episodes']} "
+        f"| {results['dataset']} | {results['algo']} | {results['backbone']} | {n_way_text(results)} "
+        f"| {results['k_shot']} | {q_query_text(results)} | {results['episodes']} "
         f"| {format_score(results['accuracy'])} |",
     ]
     text = "\n".join(
@@ -38,3 +59,76 @@ def write_results(run_dir: Path, results: dict) -> None:
         ]
     )
     (run_dir / "results.md").write_text(text)
+
+
+METRIC_LABELS = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
+
+
+# The protocols whose results are tasks scored on their evaluation splits (protocols.KShotProtocol).
+KSHOT_PROTOCOLS = ("kshot", "arsc")
+
+
+def kshot_cell(group: dict) -> str:
+    """`91.2 (1.1)`, or `81.0/75.2 (2.1/1.9)` for a task with several metrics, as LM-BFF prints them;
+    the mean alone where a task has one training set (ARSC)."""
+    scores = [group["scores"][name] for name in group["metrics"]]
+    means = "/".join(f"{100 * score['mean']:.1f}" for score in scores)
+    if len(group["training_sets"]) == 1:
+        return means
+    stds = "/".join(f"{100 * score['std']:.1f}" for score in scores)
+    return f"{means} ({stds})"
+
+
+def support_text(group: dict) -> str:
+    """`K=16 per label`, or `32 examples` for a regression task (a 1-output head fitted with MSE)."""
+    if group.get("regression"):
+        return f"{'/'.join(map(str, group['support_examples']))} examples (regression head, MSE)"
+    return f"K={'/'.join(map(str, group['k_shot']))} per label"
+
+
+def kshot_summary_line(results: dict) -> str:
+    tasks = ", ".join(f"{name} {kshot_cell(group)}" for name, group in results["tasks"].items())
+    if results["protocol"] == "arsc":
+        count = len(results["tasks"])
+        return f"test ARSC accuracy per target task: {tasks}; mean over {count} {100 * results['average']:.1f}"
+    return f"test k-shot scores (mean (std) over training sets): {tasks}; average {100 * results['average']:.1f}"
+
+
+def kshot_markdown(results: dict) -> str:
+    """A paper-style table: one row (this method), a column per task and the average."""
+    groups = results["tasks"]
+    headers = [f"{name} ({'/'.join(METRIC_LABELS[m] for m in group['metrics'])})" for name, group in groups.items()]
+    method = f"{results.get('algo')} ({results.get('backbone')})"
+    cells = [kshot_cell(group) for group in groups.values()]
+    details = [
+        f"- {name}: {len(group['training_sets'])} training set{'s' * (len(group['training_sets']) > 1)} "
+        f"of {support_text(group)}; "
+        f"scored on the {group['evaluation_split']} split ({group['evaluation_examples']} examples)"
+        for name, group in groups.items()
+    ]
+    if results["protocol"] == "arsc":
+        title = "ARSC"
+        note = (
+            f"Each cell is the task's accuracy in % on its test file after adapting on its support file; "
+            f"the average is the mean over the {len(groups)} target tasks."
+        )
+    else:
+        title = "k-shot"
+        note = (
+            "Each cell is the mean (sample standard deviation) in % over the task's training sets (seeds); "
+            "a task with several metrics lists each, and the average takes their mean (GLUE's combined score)."
+        )
+    return "\n".join(
+        [
+            f"# Results: {title}, {results['split']} split",
+            "",
+            f"| method | {' | '.join(headers)} | average |",
+            "|---" * (len(headers) + 2) + "|",
+            f"| {method} | {' | '.join(cells)} | {100 * results['average']:.1f} |",
+            "",
+            note,
+            "",
+            *details,
+            "",
+        ]
+    )

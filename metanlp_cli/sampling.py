@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from metanlp_cli.data.types import EncodedSplit
+from metanlp_cli.data.types import EncodedSplit, TaskClasses
 from metanlp_cli.errors import MetaNLPError
 
 
@@ -42,6 +42,19 @@ class Episode:
         return Episode(self.support.to(device), self.query.to(device), self.class_names)
 
 
+# The task weightings an episode's task is drawn by, as the exponent of the task's size.
+TASK_WEIGHTS = ("uniform", "proportional", "mixture")
+
+
+def task_probabilities(split: EncodedSplit, task_weights: str, task_alpha: float) -> np.ndarray:
+    """The probability of each task of `split` being an episode's: size ** alpha, normalised, where
+    size is the task's number of examples and alpha is 0 (uniform), 1 (proportional) or `task_alpha`."""
+    alpha = {"uniform": 0.0, "proportional": 1.0, "mixture": task_alpha}[task_weights]
+    sizes = np.array([sum(len(split.rows_by_class[c]) for c in task.class_ids) for task in split.tasks], float)
+    weights = sizes**alpha
+    return weights / weights.sum()
+
+
 def _trim(token_ids: torch.Tensor) -> torch.Tensor:
     """Drop padding columns that no row of this batch uses (keeps at least 5 for the CNN).
     Float inputs (cached features) are returned as they are."""
@@ -52,7 +65,17 @@ def _trim(token_ids: torch.Tensor) -> torch.Tensor:
 
 
 class EpisodeSampler:
-    """Samples N classes, then K support and Q query examples of each, without overlap."""
+    """Samples N classes, then K support and Q query examples of each, without overlap.
+
+    On a split with several tasks (a task collection's), an episode first picks a task by
+    `task_weights` (Dou et al. 2019): `uniform` (every task alike), `proportional` (to its number of
+    examples in the split) or `mixture` (to size ** `task_alpha`, normalised: alpha 0 is uniform,
+    1 proportional); N is `n_way` or that task's label count if smaller. A task collection's classes keep the
+    benchmark's sizes, which may be below K + Q (LM-BFF and LEOPARD give 16 examples per class):
+    such a task's query sets hold what is left after the support set, the same number for every
+    class, recorded in `capped_query_sizes`. A class split instead refuses K + Q above its
+    smallest class, since there a class is one of many to sample.
+    """
 
     def __init__(
         self,
@@ -61,38 +84,71 @@ class EpisodeSampler:
         k_shot: int = 5,
         q_query: int = 15,
         seed: int = 0,
+        task_weights: str = "uniform",
+        task_alpha: float = 0.5,
         key: str = "sampler",
     ) -> None:
+        if task_weights not in TASK_WEIGHTS:
+            raise MetaNLPError(f"{key}.task_weights={task_weights!r}; allowed: {', '.join(TASK_WEIGHTS)}")
+        if task_alpha < 0:
+            raise MetaNLPError(f"{key}.task_alpha={task_alpha}; allowed: a number >= 0")
         if n_way < 2 or k_shot < 1 or q_query < 1:
             raise MetaNLPError(f"{key}: need n_way >= 2, k_shot >= 1, q_query >= 1 (got {n_way}, {k_shot}, {q_query})")
-        if n_way > len(split.class_names):
+        if not split.fixed_tasks and n_way > len(split.class_names):
             raise MetaNLPError(
                 f"{key}.n_way={n_way} but the {split.name} split has only {len(split.class_names)} classes; "
                 f"allowed: n_way <= {len(split.class_names)}"
             )
-        sizes = np.array([len(rows) for rows in split.rows_by_class])
-        if (sizes < k_shot + q_query).any():
-            smallest = int(sizes.argmin())
-            raise MetaNLPError(
-                f"{key}: k_shot + q_query = {k_shot + q_query} but class {split.class_names[smallest]!r} "
-                f"of the {split.name} split has only {sizes[smallest]} examples; "
-                f"allowed: k_shot + q_query <= {sizes.min()}"
-            )
         self.split = split
         self.n_way, self.k_shot, self.q_query, self.seed = n_way, k_shot, q_query, seed
+        self.query_sizes = [self._query_size(task, key) for task in split.tasks]
+        self.capped_query_sizes = {
+            task.name: size for task, size in zip(split.tasks, self.query_sizes, strict=True) if size < q_query
+        }
+        self.task_weights = task_weights
+        self.task_probabilities = task_probabilities(split, task_weights, task_alpha)
+
+    def _query_size(self, task: TaskClasses, key: str) -> int:
+        where = f"of the {self.split.name} split" + (f" ({task.source})" if task.source else "")
+        if len(task.class_ids) < 2:
+            raise MetaNLPError(f"{key}: task {task.name!r} {where} has {len(task.class_ids)} class; episodes need 2")
+        sizes = np.array([len(self.split.rows_by_class[c]) for c in task.class_ids])
+        smallest = int(sizes.argmin())
+        count, name = int(sizes[smallest]), self.split.class_names[task.class_ids[smallest]]
+        if count >= self.k_shot + self.q_query:
+            return self.q_query
+        if self.split.fixed_tasks and count > self.k_shot:
+            return count - self.k_shot
+        if self.split.fixed_tasks:
+            raise MetaNLPError(
+                f"{key}: k_shot = {self.k_shot} but class {name!r} {where} has only {count} examples, "
+                f"and each class needs a query example too; allowed: k_shot <= {count - 1}"
+            )
+        raise MetaNLPError(
+            f"{key}: k_shot + q_query = {self.k_shot + self.q_query} but class {name!r} {where} has only "
+            f"{count} examples; allowed: k_shot + q_query <= {count}"
+        )
 
     def episode(self, index: int) -> Episode:
         rng = np.random.default_rng([self.seed, index])
-        classes = rng.choice(len(self.split.class_names), size=self.n_way, replace=False)
+        if len(self.split.tasks) == 1:
+            task = 0
+        elif self.task_weights == "uniform":  # kept as it was, so earlier runs' episodes stay the same
+            task = int(rng.integers(len(self.split.tasks)))
+        else:
+            task = int(rng.choice(len(self.split.tasks), p=self.task_probabilities))
+        task_classes, q_query = self.split.tasks[task].class_ids, self.query_sizes[task]
+        n_way = min(self.n_way, len(task_classes))
+        classes = task_classes[rng.choice(len(task_classes), size=n_way, replace=False)]
         support_rows, query_rows = [], []
         for class_id in classes:
             rows = self.split.rows_by_class[class_id]
-            chosen = rows[rng.choice(len(rows), size=self.k_shot + self.q_query, replace=False)]
+            chosen = rows[rng.choice(len(rows), size=self.k_shot + q_query, replace=False)]
             support_rows.append(chosen[: self.k_shot])
             query_rows.append(chosen[self.k_shot :])
         return Episode(
             support=self._batch(np.concatenate(support_rows), classes, self.k_shot),
-            query=self._batch(np.concatenate(query_rows), classes, self.q_query),
+            query=self._batch(np.concatenate(query_rows), classes, q_query),
             class_names=tuple(self.split.class_names[c] for c in classes),
         )
 
@@ -110,3 +166,9 @@ class EpisodeSampler:
 
     def episodes(self, count: int) -> list[Episode]:
         return [self.episode(i) for i in range(count)]
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """The torch seed for episode `index`'s own randomness (dropout masks), so that they too depend on
+    (seed, index) only: not on how many episodes came before in this process or on another rank."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])

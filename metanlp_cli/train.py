@@ -15,20 +15,39 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from metanlp_cli import distributed
 from metanlp_cli.algorithms.base import Algorithm, LabelSpace
-from metanlp_cli.checkpoint import load_checkpoint, save_checkpoint
-from metanlp_cli.components import build_algorithm, encode_splits, load_dataset, resolve_device
+from metanlp_cli.checkpoint import (
+    StopOnSignal,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
+from metanlp_cli.components import (
+    build_algorithm,
+    build_encoder,
+    cache_frozen_features,
+    encode_splits,
+    load_dataset,
+    resolve_device,
+    training_texts,
+)
 from metanlp_cli.config import TrainerConfig, build, validate
-from metanlp_cli.errors import MetaNLPError
+from metanlp_cli.errors import MetaNLPError, RunInterrupted
 from metanlp_cli.metrics import mean_confidence_interval
-from metanlp_cli.protocols import episode_accuracies
+from metanlp_cli.protocols import EpisodicProtocol, episode_accuracies
 from metanlp_cli.results import format_score, summary_line, write_results
+from metanlp_cli.sampling import Episode, episode_seed
 
 log = logging.getLogger(__name__)
 
 
-def outer_optimizer(algo: Algorithm, trainer: TrainerConfig) -> torch.optim.Optimizer:
+def outer_optimizer(algo: Algorithm, trainer: TrainerConfig) -> torch.optim.Optimizer | None:
+    """The meta-optimizer over the trainable parameters; None when every parameter is frozen."""
     parameters = [p for p in algo.parameters() if p.requires_grad]
+    if not parameters:
+        return None
     if trainer.outer_optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=trainer.outer_lr, weight_decay=trainer.weight_decay)
     return torch.optim.Adam(parameters, lr=trainer.outer_lr, weight_decay=trainer.weight_decay)
@@ -39,45 +58,90 @@ def append_jsonl(path: Path, record: dict) -> None:
         file.write(json.dumps(record) + "\n")
 
 
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Keep the records up to `step`: a resumed run logs the steps after its checkpoint again."""
+    if path.is_file():
+        records = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(f"{line}\n" for line in records))
+
+
+def validate_and_checkpoint(
+    algo: Algorithm,
+    val_episodes: list[Episode],
+    trainer: TrainerConfig,
+    checkpoint_dir: Path,
+    checkpoint: dict,
+    optimizer: torch.optim.Optimizer | None,
+    step: int,
+    best_val: float,
+) -> tuple[dict, float]:
+    """Score the validation episodes, write last.pt (and best.pt if better); returns the score and the best."""
+    device = next(algo.parameters()).device
+    val = mean_confidence_interval(episode_accuracies(algo, val_episodes, device, "validate", trainer.progress))
+    state = {
+        **checkpoint,
+        **training_state(algo, optimizer, step, max(best_val, val["mean"])),
+        "val_accuracy": val["mean"],
+    }
+    save_checkpoint(checkpoint_dir / "last.pt", state)
+    if val["mean"] > best_val:
+        save_checkpoint(checkpoint_dir / "best.pt", state)
+    return val, max(best_val, val["mean"])
+
+
 def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     """Meta-train, keep the best checkpoint by validation accuracy, score it on the test protocol.
 
     Returns the best validation accuracy (what a hyper-parameter search maximises).
     """
     trainer = validate(cfg.trainer, TrainerConfig, "trainer")
-    device = resolve_device(trainer.device)
+    ranks = distributed.start(trainer.distributed, resolve_device(trainer.device), trainer.meta_batch_size)
+    device = ranks.device
     torch.manual_seed(trainer.seed)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if ranks.is_main:  # under torchrun, rank 0 alone writes files
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    # Data, tokenized once: the vocabulary comes from the meta-train split only.
+    # Data, tokenized once (or read from the cache): the vocabulary comes from the meta-train split only.
     dataset = load_dataset(cfg)
-    tokenizer = build(cfg.backbone.tokenizer, "backbone.tokenizer").fit(dataset.train.texts)
-    splits, seconds = encode_splits(tokenizer, dataset, ("train", "val", "test"), device)
+    tokenizer = build(cfg.backbone.tokenizer, "backbone.tokenizer").fit(training_texts(dataset))
+    splits, seconds = encode_splits(tokenizer, dataset, ("train", "val", "test"), device, cfg.paths.get("cache_dir"))
     log.info(
-        "%s: %d/%d/%d classes, vocabulary %d, tokenized in %.2fs",
+        "%s: %s classes (train/val/test), vocabulary %d, tokenized in %.2fs",
         dataset.name,
-        len(dataset.train.class_names),
-        len(dataset.val.class_names),
-        len(dataset.test.class_names),
+        "/".join(str(len(splits[name].class_names)) for name in ("train", "val", "test")),
         tokenizer.vocab_size,
         seconds,
     )
 
     # Model, episodes, optimizer. Validation and test episodes are fixed by the protocol's seed.
-    label_space = LabelSpace(cfg.sampler.n_way, len(dataset.train.class_names))
-    algo = build_algorithm(cfg, tokenizer.vocab_size, label_space).to(device)
+    label_space = LabelSpace(cfg.sampler.n_way, len(splits["train"].class_names))
+    encoder = build_encoder(cfg, tokenizer.vocab_size)
+    algo = build_algorithm(cfg, encoder, label_space).to(device)
+    splits, seconds = cache_frozen_features(encoder, splits, trainer.progress)
+    if seconds:
+        log.info("frozen layers: their output for every example computed once, in %.2fs", seconds)
     sampler = build(cfg.sampler, "sampler", split=splits["train"], seed=trainer.seed)
     protocol = build(cfg.protocol, "protocol")
+    if not isinstance(protocol, EpisodicProtocol):
+        raise MetaNLPError(
+            f"training validates on episodes; protocol={choices.get('protocol', '?')} is for metanlp eval"
+        )
     val_episodes = protocol.episodes(splits["val"], trainer.val_episodes)
     protocol.sampler(splits["test"])  # fail now, not after training, if the test split cannot hold it
     optimizer = outer_optimizer(algo, trainer)
+    steps = trainer.steps if optimizer else 0
+    start_step, best_val = restore_training_state(cfg.get("resume"), algo, optimizer)
+    ranks.broadcast_state(algo)
     log.info(
-        "%s with %s on %s: %d parameters",
+        "%s with %s on %s: %d parameters, %d of them trained",
         choices.get("algo"),
         choices.get("backbone"),
         device,
         sum(p.numel() for p in algo.parameters()),
+        sum(p.numel() for p in algo.parameters() if p.requires_grad),
     )
+    if not optimizer:
+        log.info("every parameter is frozen: nothing to meta-train, validating and testing the model as it is")
 
     checkpoint_dir = run_dir / "checkpoints"
     checkpoint = {
@@ -86,55 +150,74 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         "tokenizer": tokenizer.state_dict(),
         "label_space": {"n_way": label_space.n_way, "num_train_classes": label_space.num_train_classes},
     }
-    best_val, train_seconds = -math.inf, 0.0  # meta-training time, validation left out
-    progress = tqdm(range(trainer.steps), desc="meta-train", disable=not trainer.progress, dynamic_ncols=True)
-    for step in progress:
-        started = time.perf_counter()
-        algo.train()
-        optimizer.zero_grad()
-        meta_loss = 0.0
-        for episode in sampler.meta_batch(step, trainer.meta_batch_size):
-            episode = episode.to(device)
-            learner = algo.adapt(episode.support)
-            loss = algo.meta_loss(learner, episode.query) / trainer.meta_batch_size
-            loss.backward()
-            meta_loss += loss.item()
-        if not math.isfinite(meta_loss):
-            raise MetaNLPError(
-                f"meta-loss became {meta_loss} at step {step}; lower trainer.outer_lr or "
-                f"algo.inner_lr (last good checkpoint: {checkpoint_dir / 'last.pt'})"
-            )
-        if trainer.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(algo.parameters(), trainer.grad_clip)
-        optimizer.step()
-        train_seconds += time.perf_counter() - started
+    if ranks.is_main:
+        truncate_jsonl(run_dir / "metrics.jsonl", start_step)
+    train_seconds = 0.0  # meta-training time in this process, validation left out
+    progress = tqdm(
+        range(start_step, steps),
+        desc="meta-train",
+        initial=start_step,
+        total=steps,
+        disable=not (trainer.progress and ranks.is_main),
+        dynamic_ncols=True,
+    )
+    with StopOnSignal() as stop:
+        for step in progress:
+            started = time.perf_counter()
+            algo.train()
+            optimizer.zero_grad()
+            meta_loss = 0.0
+            for index in ranks.episode_indices(step, trainer.meta_batch_size):  # all of them in one process
+                torch.manual_seed(episode_seed(trainer.seed, index))  # dropout masks follow the episode
+                episode = sampler.episode(index).to(device)
+                learner = algo.adapt(episode.support)
+                loss = algo.meta_loss(learner, episode.query) / trainer.meta_batch_size
+                loss.backward()
+                meta_loss += loss.item()
+            meta_loss = ranks.sum_gradients(algo.parameters(), meta_loss)
+            gradient_norm = torch.nn.utils.clip_grad_norm_(algo.parameters(), trainer.grad_clip or math.inf)
+            if not (math.isfinite(meta_loss) and math.isfinite(gradient_norm)):
+                raise MetaNLPError(
+                    f"meta-loss became {meta_loss} (gradient norm {gradient_norm:.3g}) at step {step + 1}; lower "
+                    f"trainer.outer_lr or algo.inner_train.lr (last good checkpoint: {checkpoint_dir / 'last.pt'})"
+                )
+            optimizer.step()
+            train_seconds += time.perf_counter() - started
 
-        if (step + 1) % trainer.log_interval == 0:
-            append_jsonl(run_dir / "metrics.jsonl", {"step": step + 1, "meta_loss": meta_loss})
-        if (step + 1) % trainer.eval_interval == 0 or step + 1 == trainer.steps:
-            val = mean_confidence_interval(episode_accuracies(algo, val_episodes, device, "validate", trainer.progress))
-            append_jsonl(
-                run_dir / "metrics.jsonl",
-                {
-                    "step": step + 1,
-                    "val_accuracy": val["mean"],
-                    "val_ci95": val["ci95"],
-                    "episodes_per_s": (step + 1) * trainer.meta_batch_size / train_seconds,
-                },
-            )
-            state = {
-                **checkpoint,
-                "model": algo.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step + 1,
-                "val_accuracy": val["mean"],
-            }
-            save_checkpoint(checkpoint_dir / "last.pt", state)
-            if val["mean"] > best_val:
-                best_val = val["mean"]
-                save_checkpoint(checkpoint_dir / "best.pt", state)
-            progress.set_postfix(loss=f"{meta_loss:.3f}", val=format_score(val))
-            log.info("step %d: meta-loss %.4f, validation accuracy %s", step + 1, meta_loss, format_score(val))
+            if ranks.is_main and (step + 1) % trainer.log_interval == 0:
+                append_jsonl(run_dir / "metrics.jsonl", {"step": step + 1, "meta_loss": meta_loss})
+            if ranks.is_main and ((step + 1) % trainer.eval_interval == 0 or step + 1 == steps):
+                val, best_val = validate_and_checkpoint(
+                    algo, val_episodes, trainer, checkpoint_dir, checkpoint, optimizer, step + 1, best_val
+                )
+                append_jsonl(
+                    run_dir / "metrics.jsonl",
+                    {
+                        "step": step + 1,
+                        "val_accuracy": val["mean"],
+                        "val_ci95": val["ci95"],
+                        "episodes_per_s": (step + 1 - start_step) * trainer.meta_batch_size / train_seconds,
+                    },
+                )
+                progress.set_postfix(loss=f"{meta_loss:.3f}", val=format_score(val))
+                log.info("step %d: meta-loss %.4f, validation accuracy %s", step + 1, meta_loss, format_score(val))
+            if ranks.any(stop.requested):
+                if ranks.is_main:
+                    state = {**checkpoint, **training_state(algo, optimizer, step + 1, best_val)}
+                    save_checkpoint(checkpoint_dir / "last.pt", state)
+                raise RunInterrupted(
+                    f"stopped at step {step + 1} of {steps}; saved {checkpoint_dir / 'last.pt'}; "
+                    f"continue with: metanlp train resume={run_dir}",
+                    stop.signal_number or 2,
+                )
+    ranks.close()
+    if not ranks.is_main:
+        return best_val  # rank 0 alone tests and writes the results
+    if steps == 0:
+        val, best_val = validate_and_checkpoint(
+            algo, val_episodes, trainer, checkpoint_dir, checkpoint, optimizer, 0, best_val
+        )
+        log.info("validation accuracy %s", format_score(val))
 
     # Test: the best checkpoint by validation accuracy, on the protocol's fixed test episodes.
     algo.load_state_dict(load_checkpoint(checkpoint_dir / "best.pt")["model"])

@@ -57,7 +57,14 @@ def test_train_then_eval_reproduces_the_results_exactly(tmp_path):
 def test_help_lists_commands_and_config_groups():
     result = metanlp("--help")
     assert result.returncode == 0
-    for text in ("train", "eval", "algo", "protomaml, protonet, reptile", "backbone", "cnn, lstm, transformer"):
+    for text in (
+        "train",
+        "eval",
+        "algo",
+        "protomaml, protonet, reptile",
+        "backbone",
+        "cnn, lstm, minilm, pretrained, transformer",
+    ):
         assert text in result.stdout
 
 
@@ -71,7 +78,12 @@ BAD_INPUTS = [
     (["train", "trainer=smoke", "sampler.k_shot=30"], "k_shot + q_query = 45"),
     (["train", "trainer=smoke", "sampler.n_way=12"], "sampler.n_way=12 but the train split has only 9 classes"),
     (["eval", "checkpoint=/does/not/exist.pt"], "checkpoint='/does/not/exist.pt': file not found"),
-    (["evaluate"], "unknown command 'evaluate'; allowed: train, eval"),
+    (["evaluate"], "unknown command 'evaluate'; allowed: train, eval, data, report"),
+    (["train", "backbone=pretrained"], "backbone.name_or_path is required: add backbone.name_or_path=..."),
+    (
+        ["train", "trainer=smoke", "backbone=pretrained", "backbone.name_or_path=/no/such/model"],
+        "backbone.tokenizer.name_or_path='/no/such/model': no model directory at /no/such/model",
+    ),
 ]
 
 

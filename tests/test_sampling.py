@@ -67,3 +67,52 @@ def test_n_way_larger_than_classes_is_a_clear_error(split):
 def test_k_plus_q_larger_than_a_class_is_a_clear_error(split):
     with pytest.raises(MetaNLPError, match=r"k_shot \+ q_query = 25 .* only 20 examples"):
         EpisodeSampler(split, n_way=5, k_shot=5, q_query=20)
+
+
+def task_split(sizes: list[int]):
+    """A task collection's split: task i has two classes of sizes[i] examples each, distinct rows."""
+    from metanlp_cli.data.types import EncodedSplit, LabeledTexts
+
+    parts, row = [], 1
+    for i, size in enumerate(sizes):
+        labels = [0] * size + [1] * size
+        texts = LabeledTexts([f"t{i}-{j}" for j in range(2 * size)], labels, ["a", "b"])
+        inputs = torch.arange(row, row + 2 * size).unsqueeze(1).repeat(1, 5)
+        parts.append((f"task{i}", texts, inputs))
+        row += 2 * size
+    return EncodedSplit.from_parts("train", parts, fixed_tasks=True)
+
+
+@pytest.mark.parametrize(
+    "task_weights, task_alpha, expected",
+    [
+        ("uniform", 0.5, [1 / 3, 1 / 3, 1 / 3]),
+        ("proportional", 0.5, [10 / 160, 40 / 160, 110 / 160]),  # 2 classes x (5, 20, 55) examples
+        ("mixture", 0.5, np.sqrt([10, 40, 110]) / np.sqrt([10, 40, 110]).sum()),
+        ("mixture", 0.0, [1 / 3, 1 / 3, 1 / 3]),
+    ],
+)
+def test_task_frequencies_match_the_weighting(task_weights, task_alpha, expected):
+    split = task_split([5, 20, 55])
+    sampler = EpisodeSampler(split, 2, 2, 2, seed=0, task_weights=task_weights, task_alpha=task_alpha)
+    np.testing.assert_allclose(sampler.task_probabilities, expected)
+    count = 3000
+    tasks = [episode.class_names[0].split("/")[0] for episode in sampler.episodes(count)]
+    frequencies = np.array([tasks.count(f"task{i}") for i in range(3)]) / count
+    binomial_std = np.sqrt(np.asarray(expected) * (1 - np.asarray(expected)) / count)
+    assert np.all(np.abs(frequencies - expected) < 4 * binomial_std), (frequencies, expected)
+
+
+def test_weighted_task_episodes_are_fixed_by_the_seed():
+    split = task_split([5, 20, 55])
+    a, b, c = (EpisodeSampler(split, 2, 2, 2, seed=s, task_weights="mixture") for s in (3, 3, 4))
+    for index in range(10):
+        assert torch.equal(a.episode(index).support.inputs, b.episode(index).support.inputs)
+    assert any(not torch.equal(a.episode(i).support.inputs, c.episode(i).support.inputs) for i in range(10))
+
+
+def test_unknown_task_weighting_is_a_clear_error(split):
+    with pytest.raises(MetaNLPError, match=r"sampler.task_weights='size'; allowed: uniform, proportional, mixture"):
+        EpisodeSampler(split, task_weights="size")
+    with pytest.raises(MetaNLPError, match=r"sampler.task_alpha=-1"):
+        EpisodeSampler(split, task_weights="mixture", task_alpha=-1)

@@ -59,6 +59,24 @@ def fit_linear_probe(encoder: nn.Module, support: Batch, loop: InnerLoop) -> Lin
     return LinearProbe(encoder, weight.detach(), bias.detach())
 
 
+def fit_regression_probe(
+    encoder: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loop: InnerLoop
+) -> LinearProbe:
+    """A zero-initialised 1-output head (bias starting at the mean target) fitted by Adam with the MSE
+    loss on frozen features: the regression head of an STS-B-like task. Its learner outputs [examples, 1]."""
+    with torch.no_grad():
+        features = encoder(inputs)
+    weight = features.new_zeros(1, features.shape[1], requires_grad=True)
+    bias = targets.mean().reshape(1).to(features.dtype).requires_grad_()
+    optimizer = torch.optim.Adam([weight, bias], lr=loop.lr)
+    for _ in range(loop.steps):
+        rows = torch.randperm(len(targets), device=targets.device)[: loop.support_batch_size or len(targets)]
+        optimizer.zero_grad()
+        F.mse_loss(F.linear(features[rows], weight, bias).squeeze(-1), targets[rows]).backward()
+        optimizer.step()
+    return LinearProbe(encoder, weight.detach(), bias.detach())
+
+
 class FineTune(Algorithm):
     """Meta-training is supervised learning over all meta-train classes (an episode is just a batch);
     adaptation fits a new head on the support set (`inner_eval`, Adam)."""

@@ -45,7 +45,7 @@ class MAML(Algorithm):
         self.model = Classifier(encoder, label_space.n_way)
         self.first_order = first_order
         self.inner_train, self.inner_eval = inner_train, inner_eval
-        names = [n for n, _ in self.model.named_parameters()]
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]  # frozen: no gradient
         self.adapted = select_parameters(names, inner_params, inner_frozen, encoder_blocks(encoder))
 
     def adapt(self, support: Batch) -> FastWeights:

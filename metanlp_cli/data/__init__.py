@@ -1,5 +1,6 @@
-"""Dataset loaders (one function per on-disk format) and tokenizers."""
+"""The data layer: one loader per on-disk format, each returning a ClassSplit or a TaskCollection
+(types.py); reading and bad-row handling (read.py); the token cache (cache.py); tokenizers."""
 
-from metanlp_cli.data.types import ClassSplit, EncodedSplit, LabeledTexts, Text
+from metanlp_cli.data.types import ClassSplit, EncodedSplit, LabeledTexts, Task, TaskCollection, Text
 
-__all__ = ["ClassSplit", "EncodedSplit", "LabeledTexts", "Text"]
+__all__ = ["ClassSplit", "EncodedSplit", "LabeledTexts", "Task", "TaskCollection", "Text"]

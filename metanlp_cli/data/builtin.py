@@ -30,12 +30,12 @@ def _topic_lines(language: str) -> dict[str, list[str]]:
     return topics
 
 
-def _labeled(topics: dict[str, list[str]], names: list[str]) -> LabeledTexts:
+def _labeled(topics: dict[str, list[str]], names: list[str], language: str) -> LabeledTexts:
     texts, labels = [], []
     for index, name in enumerate(names):
         texts += topics[name]
         labels += [index] * len(topics[name])
-    return LabeledTexts(texts, labels, names)
+    return LabeledTexts(texts, labels, names, f"chatterbot_corpus/data/{language}")
 
 
 def chatterbot_topics(
@@ -61,7 +61,7 @@ def chatterbot_topics(
     )
     return ClassSplit(
         f"chatterbot-{language}",
-        train=_labeled(topics, sorted(train)),
-        val=_labeled(topics, sorted(val)),
-        test=_labeled(topics, sorted(test)),
+        train=_labeled(topics, sorted(train), language),
+        val=_labeled(topics, sorted(val), language),
+        test=_labeled(topics, sorted(test), language),
     )

@@ -1,4 +1,13 @@
-"""The two things every loader returns and the tokenized form the samplers index into."""
+"""The two shapes every loader returns, and the tokenized form the samplers index into.
+
+- `ClassSplit`: examples grouped by class, with disjoint meta-train / meta-val / meta-test class sets
+  (N-way K-shot episodes on unseen classes).
+- `TaskCollection`: named tasks, each with its own labels (or a regression target), single texts
+  or sentence pairs, and train / dev / test splits (GLUE-style and fixed-task benchmarks).
+
+Both answer `episode_parts(phase)`: the labelled texts the episodic sampler draws the `train`,
+`val` and `test` episodes from, so the recipes treat them alike.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +16,27 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from metanlp_cli.metrics import METRICS, REGRESSION_METRICS
 
 # A text is one sentence or a sentence pair.
 Text = str | tuple[str, str]
 
 
+# Which split of a task each episodic phase reads, in order of preference (see TaskCollection).
+PHASE_SPLITS = {"train": ("train",), "val": ("dev", "train"), "test": ("test", "dev")}
+
+
 @dataclass(frozen=True)
 class LabeledTexts:
-    """Examples of one split: `labels[i]` indexes `class_names`."""
+    """Examples of one split: `labels[i]` indexes `class_names`, or is a float target when
+    `class_names` is empty (regression). `source` names the file(s) they came from."""
 
     texts: list[Text]
-    labels: list[int]
+    labels: list[int] | list[float]
     class_names: list[str]
+    source: str = ""
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.labels):
@@ -51,17 +69,119 @@ class ClassSplit:
     def split(self, name: str) -> LabeledTexts:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
+    def episode_parts(self, phase: str) -> list[tuple[str, str, LabeledTexts]]:
+        """(task, split, texts) for a phase: here one part, the phase's own class split."""
+        return [(self.name, phase, self.split(phase))]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a collection. A split is None where the benchmark has none or hides its labels;
+    `label_names` is empty for a regression target; `metrics` are those the benchmark reports."""
+
+    name: str
+    train: LabeledTexts | None
+    dev: LabeledTexts | None
+    test: LabeledTexts | None
+    label_names: list[str]
+    is_pair: bool = False
+    regression: bool = False
+    metrics: list[str] = field(default_factory=lambda: ["accuracy"])
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            allowed = ", ".join(METRICS)
+            raise ValueError(f"task {self.name}: metrics {unknown or '[]'} are not known; allowed: {allowed}")
+        fits = [(m in REGRESSION_METRICS) == self.regression for m in self.metrics]
+        if not all(fits):
+            kind = "a regression" if self.regression else "a classification"
+            raise ValueError(f"task {self.name}: metrics {self.metrics} do not fit {kind} task")
+        if self.regression and self.label_names:
+            raise ValueError(f"task {self.name}: a regression task has no label names")
+        if not self.regression and len(self.label_names) < 2:
+            raise ValueError(f"task {self.name}: a classification task needs at least 2 labels")
+
+    def split(self, name: str) -> LabeledTexts | None:
+        return {"train": self.train, "dev": self.dev, "test": self.test}[name]
+
+
+@dataclass(frozen=True)
+class TaskCollection:
+    """Named tasks with their own splits. `meta_train_tasks` and `target_tasks` are the benchmark's
+    division where it defines one (ARSC); None means every task. `notes` are facts to report on
+    loading (for example, missing files that were not fatal).
+
+    Episodic phases (the minimal path every task collection can train with): `train` episodes come
+    from the meta-train tasks' train splits; `val` episodes from the target tasks' dev splits (their
+    train split where a task has no dev split, e.g. LEOPARD), as ARSC and the GLUE meta-learning
+    setups select models on the target tasks' dev sets; `test` episodes from the target tasks' test
+    splits (the dev split where test labels are hidden, as in GLUE, which reports dev scores).
+    Regression tasks take no part in episodes.
+    """
+
+    name: str
+    tasks: list[Task]
+    meta_train_tasks: list[str] | None = None
+    target_tasks: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [task.name for task in self.tasks]
+        duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+        if duplicates:
+            raise ValueError(f"{self.name}: task names {duplicates} are not unique")
+        for key in ("meta_train_tasks", "target_tasks"):
+            unknown = sorted(set(getattr(self, key) or ()) - set(names))
+            if unknown:
+                raise ValueError(f"{self.name}: {key} {unknown} are not tasks of the collection")
+
+    def task(self, name: str) -> Task:
+        return next(task for task in self.tasks if task.name == name)
+
+    def phase_tasks(self, phase: str) -> list[Task]:
+        chosen = self.meta_train_tasks if phase == "train" else self.target_tasks
+        return self.tasks if chosen is None else [self.task(name) for name in chosen]
+
+    def episode_parts(self, phase: str) -> list[tuple[str, str, LabeledTexts]]:
+        """(task, split, texts) of every classification task of a phase, with the split it reads."""
+        parts = []
+        for task in self.phase_tasks(phase):
+            if task.regression:
+                continue
+            split_name = next((s for s in PHASE_SPLITS[phase] if task.split(s) is not None), None)
+            if split_name is not None:
+                parts.append((task.name, split_name, task.split(split_name)))
+        return parts
+
+
+@dataclass(frozen=True)
+class TaskClasses:
+    """The classes of one task inside an encoded split, and the file(s) its examples came from."""
+
+    name: str
+    class_ids: np.ndarray
+    source: str = ""
+
 
 @dataclass(frozen=True)
 class EncodedSplit:
     """A split ready for the model: one input row per example (token ids padded with 0, or cached
-    features), the labels, and the row indices of each class."""
+    features), the labels, the row indices of each class, and which classes make up each task
+    (a class split is one task of all its classes). `fixed_tasks` marks a task collection's split,
+    whose class sizes are the benchmark's own (see EpisodeSampler)."""
 
     name: str
     inputs: torch.Tensor  # [examples, ...]: int64 token ids (0 = padding) or float features
     labels: torch.Tensor  # [examples], int64
     class_names: list[str]
     rows_by_class: list[np.ndarray] = field(repr=False)
+    tasks: list[TaskClasses] = field(default_factory=list, repr=False)
+    fixed_tasks: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            object.__setattr__(self, "tasks", [TaskClasses(self.name, np.arange(len(self.class_names)))])
 
     @classmethod
     def from_tensors(cls, name: str, inputs: torch.Tensor, labels: list[int], class_names: list[str]) -> EncodedSplit:
@@ -69,7 +189,33 @@ class EncodedSplit:
         rows = [np.flatnonzero(label_array == c) for c in range(len(class_names))]
         return cls(name, inputs, torch.as_tensor(label_array), class_names, rows)
 
+    @classmethod
+    def from_parts(
+        cls, name: str, parts: list[tuple[str, LabeledTexts, torch.Tensor]], fixed_tasks: bool = False
+    ) -> EncodedSplit:
+        """One split from several tasks' (name, texts, inputs): classes are numbered task after task,
+        named `task/label` when there is more than one task, and token rows padded to one width."""
+        width = max(inputs.shape[1] for _, _, inputs in parts)
+        qualify = len(parts) > 1
+        all_inputs, labels, class_names, tasks = [], [], [], []
+        for task_name, texts, inputs in parts:
+            offset = len(class_names)
+            token_ids = not inputs.is_floating_point()
+            all_inputs.append(F.pad(inputs, (0, width - inputs.shape[1])) if token_ids else inputs)
+            labels.append(np.asarray(texts.labels, dtype=np.int64) + offset)
+            class_names += [f"{task_name}/{c}" if qualify else c for c in texts.class_names]
+            tasks.append(TaskClasses(task_name, np.arange(offset, len(class_names)), texts.source))
+        label_array = np.concatenate(labels)
+        rows = [np.flatnonzero(label_array == c) for c in range(len(class_names))]
+        return cls(name, torch.cat(all_inputs), torch.as_tensor(label_array), class_names, rows, tasks, fixed_tasks)
+
     def to(self, device: torch.device | str) -> EncodedSplit:
         return EncodedSplit(
-            self.name, self.inputs.to(device), self.labels.to(device), self.class_names, self.rows_by_class
+            self.name,
+            self.inputs.to(device),
+            self.labels.to(device),
+            self.class_names,
+            self.rows_by_class,
+            self.tasks,
+            self.fixed_tasks,
         )

@@ -1,0 +1,81 @@
+"""Tokenized texts cached on disk, keyed by content: the tokenizer (its class, code and state) and the texts.
+
+A second run on the same data with the same backbone loads the token tensor instead of tokenizing
+again; any change to the texts, the vocabulary, a tokenizer setting or the tokenizer's code gives
+a new key. Files are written atomically and read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from metanlp_cli.data.types import Text
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Class, source code and public attributes (settings and fitted vocabulary) of a tokenizer."""
+    kind = type(tokenizer)
+    try:
+        code = inspect.getsource(kind)
+    except (OSError, TypeError):
+        code = ""
+    settings = {name: value for name, value in vars(tokenizer).items() if not name.startswith("_")}
+    return json.dumps(
+        {"format": CACHE_FORMAT, "class": f"{kind.__module__}.{kind.__qualname__}", "code": code, "state": settings},
+        sort_keys=True,
+        default=repr,
+    )
+
+
+class TokenCache:
+    """`encode(texts)` = `tokenizer.encode(texts)`, read from `cache_dir` when it was done before
+    (no caching when `cache_dir` is None). The tokenizer must not change while the cache is in use."""
+
+    def __init__(self, tokenizer, cache_dir: str | Path | None) -> None:
+        self.tokenizer = tokenizer
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.fingerprint = tokenizer_fingerprint(tokenizer).encode() if cache_dir is not None else b""
+
+    def path(self, texts: Sequence[Text]) -> Path:
+        digest = hashlib.sha256(self.fingerprint)
+        digest.update(json.dumps(list(texts), ensure_ascii=False).encode())
+        return self.cache_dir / f"tokens-{digest.hexdigest()[:32]}.pt"
+
+    def encode(self, texts: Sequence[Text]) -> tuple[torch.Tensor, bool]:
+        """The token tensor, and whether it came from the cache."""
+        if self.cache_dir is None:
+            return self.tokenizer.encode(texts), False
+        path = self.path(texts)
+        if path.is_file():
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)["inputs"], True
+            except Exception as error:  # a torn or foreign file: tokenize again and overwrite it
+                log.warning("cache file %s is unreadable (%s); tokenizing again", path, str(error).splitlines()[0])
+        inputs = self.tokenizer.encode(texts)
+        _write_atomically(path, {"format": CACHE_FORMAT, "inputs": inputs})
+        return inputs, False
+
+
+def _write_atomically(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
