@@ -129,3 +129,26 @@ def test_an_episode_uses_the_first_rows_of_a_fixed_size_head():
     four_way = Batch(torch.randint(1, 12, (8, 3)), torch.arange(8) % 4, torch.arange(4))
     with pytest.raises(MetaNLPError, match=r"an episode has 4 classes but the head was built for at most 3"):
         algo.adapt(four_way)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "reptile", "metasgd", "metalstm", "protomaml"])
+def test_frozen_encoder_parameters_are_never_adapted(algorithm):
+    """A frozen layer (requires_grad=False, as in a frozen pretrained encoder) has no gradient:
+    every gradient-based algorithm leaves it out of its inner loop and still adapts."""
+    from metanlp_cli.algorithms.maml import MAML
+    from metanlp_cli.algorithms.metalstm import MetaLSTM
+    from metanlp_cli.algorithms.metasgd import MetaSGD
+    from metanlp_cli.algorithms.protomaml import ProtoMAML
+    from metanlp_cli.algorithms.reptile import Reptile
+
+    classes = {"maml": MAML, "reptile": Reptile, "metasgd": MetaSGD, "metalstm": MetaLSTM, "protomaml": ProtoMAML}
+    torch.manual_seed(0)
+    encoder = TinyEncoder()
+    encoder.layer.requires_grad_(False)
+    algo = classes[algorithm](encoder, LabelSpace(2, 4), inner_params="all", inner_frozen=[])
+    assert not any(name.startswith("encoder.layer.") for name in algo.adapted)
+    assert any(name.startswith("encoder.embedding") for name in algo.adapted)
+    support = Batch(torch.tensor([[1, 2], [3, 4], [5, 6], [7, 8]]), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1]))
+    algo.train()
+    algo.meta_loss(algo.adapt(support), support).backward()
+    assert encoder.layer.weight.grad is None

@@ -122,6 +122,12 @@ def select_parameters(
     return chosen
 
 
+def trainable_names(module: nn.Module) -> list[str]:
+    """Names of the parameters the inner loop may adapt: frozen ones (requires_grad=False, e.g. a
+    frozen pretrained encoder) have no gradient to step along."""
+    return [name for name, parameter in module.named_parameters() if parameter.requires_grad]
+
+
 def module_forward(model: nn.Module) -> Forward:
     """`forward(parameters, inputs)`: the shared module run with the given parameters."""
     return lambda parameters, inputs: functional_call(model, parameters, (inputs,))

@@ -16,6 +16,7 @@ from metanlp_cli.algorithms.inner_loop import (
     no_cudnn_for_double_backward,
     require_lr,
     select_parameters,
+    trainable_names,
 )
 from metanlp_cli.sampling import Batch
 
@@ -45,8 +46,9 @@ class MAML(Algorithm):
         self.model = Classifier(encoder, label_space.n_way)
         self.first_order = first_order
         self.inner_train, self.inner_eval = inner_train, inner_eval
-        names = [n for n, p in self.model.named_parameters() if p.requires_grad]  # frozen: no gradient
-        self.adapted = select_parameters(names, inner_params, inner_frozen, encoder_blocks(encoder))
+        self.adapted = select_parameters(
+            trainable_names(self.model), inner_params, inner_frozen, encoder_blocks(encoder)
+        )
 
     def adapt(self, support: Batch) -> FastWeights:
         create_graph = self.training and not self.first_order

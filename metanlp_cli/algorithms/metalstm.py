@@ -28,6 +28,7 @@ from metanlp_cli.algorithms.inner_loop import (
     select_parameters,
     support_gradients,
     support_subset,
+    trainable_names,
 )
 from metanlp_cli.sampling import Batch
 
@@ -107,8 +108,9 @@ class MetaLSTM(Algorithm):
         self.model = Classifier(encoder, label_space.n_way)
         self.meta_learner = MetaLSTMCell(hidden_size, init_lr, init_forget)
         self.inner_train, self.inner_eval = inner_train, inner_eval
-        names = [n for n, _ in self.model.named_parameters()]
-        self.adapted = select_parameters(names, inner_params, inner_frozen, encoder_blocks(encoder))
+        self.adapted = select_parameters(
+            trainable_names(self.model), inner_params, inner_frozen, encoder_blocks(encoder)
+        )
 
     def adapt(self, support: Batch) -> FastWeights:
         n_way = episode_way(support, self.model.head.out_features)

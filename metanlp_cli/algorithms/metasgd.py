@@ -17,6 +17,7 @@ from metanlp_cli.algorithms.inner_loop import (
     no_cudnn_for_double_backward,
     require_lr,
     select_parameters,
+    trainable_names,
 )
 from metanlp_cli.sampling import Batch
 
@@ -50,7 +51,9 @@ class MetaSGD(Algorithm):
         self.first_order = first_order
         self.inner_train, self.inner_eval = inner_train, inner_eval
         parameters = dict(self.model.named_parameters())
-        self.adapted = select_parameters(list(parameters), inner_params, inner_frozen, encoder_blocks(encoder))
+        self.adapted = select_parameters(
+            trainable_names(self.model), inner_params, inner_frozen, encoder_blocks(encoder)
+        )
         self.learning_rates = nn.ParameterDict(
             {rate_key(n): nn.Parameter(torch.full_like(parameters[n], init_lr)) for n in self.adapted}
         )

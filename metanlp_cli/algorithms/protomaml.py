@@ -26,6 +26,7 @@ from metanlp_cli.algorithms.inner_loop import (
     no_cudnn_for_double_backward,
     require_lr,
     select_parameters,
+    trainable_names,
 )
 from metanlp_cli.algorithms.protonet import class_means
 from metanlp_cli.sampling import Batch
@@ -54,7 +55,7 @@ class ProtoMAML(Algorithm):
         self.encoder = encoder
         self.first_order = first_order
         self.inner_train, self.inner_eval = inner_train, inner_eval
-        names = [n for n, _ in self.named_parameters()] + ["head.weight", "head.bias"]
+        names = trainable_names(self) + ["head.weight", "head.bias"]
         self.adapted = select_parameters(names, inner_params, inner_frozen, encoder_blocks(encoder))
 
     def logits(self, parameters: Parameters, inputs: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from metanlp_cli.algorithms.inner_loop import (
     module_forward,
     require_lr,
     select_parameters,
+    trainable_names,
 )
 from metanlp_cli.sampling import Batch
 
@@ -41,8 +42,9 @@ class Reptile(Algorithm):
         require_lr(inner_eval, "inner_eval", learned=False)
         self.model = Classifier(encoder, label_space.n_way)
         self.inner_train, self.inner_eval = inner_train, inner_eval
-        names = [n for n, p in self.model.named_parameters() if p.requires_grad]  # frozen: no gradient
-        self.adapted = select_parameters(names, inner_params, inner_frozen, encoder_blocks(encoder))
+        self.adapted = select_parameters(
+            trainable_names(self.model), inner_params, inner_frozen, encoder_blocks(encoder)
+        )
 
     def adapt(self, support: Batch) -> FastWeights:
         n_way = episode_way(support, self.model.head.out_features)
