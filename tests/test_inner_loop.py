@@ -95,6 +95,7 @@ def test_support_batch_size_draws_that_many_support_examples_per_step():
         ({"lr": 0.0}, r"algo.inner_train: lr=0.0 must be > 0"),
         ({"support_batch_size": 0}, r"algo.inner_train: support_batch_size=0 must be >= 1"),
         ({"lr": None}, r"algo: inner_train.lr is null but this algorithm needs an inner learning rate"),
+        ({"mode": "dropout"}, r"algo.inner_train: mode='dropout' is not allowed; allowed: inherit, train, eval"),
     ],
 )
 def test_bad_inner_loop_settings_name_the_key(settings, message):
@@ -152,3 +153,94 @@ def test_frozen_encoder_parameters_are_never_adapted(algorithm):
     algo.train()
     algo.meta_loss(algo.adapt(support), support).backward()
     assert encoder.layer.weight.grad is None
+
+
+class DropoutEncoder(TinyEncoder):
+    """TinyEncoder with dropout on its features; records its mode at every forward, and raises when told."""
+
+    def __init__(self) -> None:
+        super().__init__(vocab_size=12, dim=8)
+        self.dropout = torch.nn.Dropout(0.5)
+        self.modes: list[bool] = []
+        self.fail = False
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        if self.fail:
+            raise RuntimeError("the encoder failed")
+        return self.dropout(super().forward(token_ids))
+
+
+def gradient_based(name: str, mode: str):
+    """A gradient-based algorithm over a DropoutEncoder whose inner loops (train and eval) use `mode`."""
+    from metanlp_cli.algorithms.anil import ANIL
+    from metanlp_cli.algorithms.metalstm import MetaLSTM
+    from metanlp_cli.algorithms.metasgd import MetaSGD
+    from metanlp_cli.algorithms.protomaml import ProtoMAML
+    from metanlp_cli.algorithms.reptile import Reptile
+
+    classes = {"maml": MAML, "anil": ANIL, "reptile": Reptile, "metasgd": MetaSGD, "metalstm": MetaLSTM}
+    classes["protomaml"] = ProtoMAML
+    lr = None if name in ("metasgd", "metalstm") else 0.5
+    loop = InnerLoop(steps=2, lr=lr, mode=mode)
+    torch.manual_seed(0)
+    return classes[name](DropoutEncoder(), LabelSpace(2, 4), inner_train=loop, inner_eval=loop)
+
+
+SUPPORT = Batch(torch.tensor([[1, 2, 0], [3, 4, 5], [6, 2, 0], [7, 8, 9]]), torch.tensor([0, 0, 1, 1]), torch.arange(2))
+QUERY = Batch(torch.tensor([[1, 5, 0], [9, 8, 0]]), torch.tensor([0, 1]), torch.arange(2))
+GRADIENT_BASED = ["maml", "anil", "reptile", "metasgd", "metalstm", "protomaml"]
+
+
+def fast_weights(algo, seed: int) -> list[torch.Tensor]:
+    torch.manual_seed(seed)
+    return [p.detach() for p in algo.adapt(SUPPORT).parameters.values()]
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("name", GRADIENT_BASED)
+def test_inner_loop_mode_decides_dropout_while_adapting(name):
+    """Meta-training (outer mode train): `eval` adapts without dropout, so the seed does not matter;
+    `train` and `inherit` (today's behaviour) drop out, masks following torch's seed."""
+    fast = {}
+    for mode in ("eval", "train", "inherit"):
+        algo = gradient_based(name, mode).train()
+        fast[mode] = [fast_weights(algo, seed) for seed in (1, 2, 1)]
+    assert same(fast["eval"][0], fast["eval"][1])
+    for mode in ("train", "inherit"):
+        assert not same(fast[mode][0], fast[mode][1]) and same(fast[mode][0], fast[mode][2]), mode
+    assert same(fast["train"][0], fast["inherit"][0])
+
+    evaluating = gradient_based(name, "train").eval()  # at evaluation, `train` turns dropout on
+    assert not same(fast_weights(evaluating, 1), fast_weights(evaluating, 2))
+
+
+@pytest.mark.parametrize("name", GRADIENT_BASED)
+@pytest.mark.parametrize("outer,mode", [(True, "eval"), (False, "train")])
+def test_inner_loop_mode_is_undone_after_adapting_and_on_an_error(name, outer, mode):
+    algo = gradient_based(name, mode).train(outer)
+    encoder = algo.model.encoder if hasattr(algo, "model") else algo.encoder
+    with torch.enable_grad():
+        learner = algo.adapt(SUPPORT)
+        assert encoder.modes and set(encoder.modes) == {mode == "train"}  # every support forward
+        encoder.modes.clear()
+        learner(QUERY.inputs)
+    assert encoder.modes == [outer]  # the query forward of the meta-loss follows the outer mode
+    assert all(module.training == outer for module in algo.modules())
+
+    encoder.fail = True
+    with pytest.raises(RuntimeError, match="the encoder failed"):
+        algo.adapt(SUPPORT)
+    assert all(module.training == outer for module in algo.modules())
+
+
+def test_inner_loop_mode_keeps_submodules_that_hold_their_own_mode():
+    """A module kept in eval inside a training network (e.g. a pretrained encoder's frozen layers) stays in eval
+    after adapting."""
+    algo = gradient_based("maml", "train").train()
+    algo.model.encoder.layer.eval()
+    algo.adapt(SUPPORT)
+    assert algo.model.encoder.training and not algo.model.encoder.layer.training

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace
-from metanlp_cli.algorithms.inner_loop import InnerLoop, require_lr, support_subset
+from metanlp_cli.algorithms.inner_loop import InnerLoop, inner_loop_mode, require_lr, support_subset
 from metanlp_cli.sampling import Batch
 
 
@@ -43,8 +43,9 @@ def episode_examples(support: Batch, query: Batch) -> tuple[torch.Tensor, torch.
 
 
 def fit_linear_probe(encoder: nn.Module, support: Batch, loop: InnerLoop) -> LinearProbe:
-    """A zero-initialised N-way head fitted by Adam (`loop.lr`, `loop.steps`) on frozen support features."""
-    with torch.no_grad():
+    """A zero-initialised N-way head fitted by Adam (`loop.lr`, `loop.steps`) on frozen support features
+    (computed in `loop.mode`)."""
+    with torch.no_grad(), inner_loop_mode(encoder, loop):
         features = encoder(support.inputs)
     n_way = len(support.classes)
     weight = features.new_zeros(n_way, features.shape[1], requires_grad=True)
@@ -64,7 +65,7 @@ def fit_regression_probe(
 ) -> LinearProbe:
     """A zero-initialised 1-output head (bias starting at the mean target) fitted by Adam with the MSE
     loss on frozen features: the regression head of an STS-B-like task. Its learner outputs [examples, 1]."""
-    with torch.no_grad():
+    with torch.no_grad(), inner_loop_mode(encoder, loop):
         features = encoder(inputs)
     weight = features.new_zeros(1, features.shape[1], requires_grad=True)
     bias = targets.mean().reshape(1).to(features.dtype).requires_grad_()

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,19 +28,27 @@ Forward = Callable[[Parameters, torch.Tensor], torch.Tensor]  # (parameters, inp
 
 PARAMETER_ALIASES = {"all": ["*"], "head": ["head.*"]}
 TOP_K = re.compile(r"top_(\d+)")
+# The train/eval behaviour (dropout, ...) of the network while it adapts: `inherit` keeps the outer mode.
+INNER_LOOP_MODES = ("inherit", "train", "eval")
 
 
 @dataclass(frozen=True)
 class InnerLoop:
     """How a learner adapts to a support set: `steps` updates at learning rate `lr`, each on
     `support_batch_size` support examples drawn at random (the whole support set when None).
-    `lr` is None for algorithms that learn their update (Meta-SGD, the meta-LSTM)."""
+    `lr` is None for algorithms that learn their update (Meta-SGD, the meta-LSTM).
+    `mode` is the network's train/eval behaviour (dropout) while it adapts: `train`, `eval`, or
+    `inherit` the outer mode (training while meta-training, eval at validation and test); see
+    `inner_loop_mode`."""
 
     steps: int = 5
     lr: float | None = 0.1
     support_batch_size: int | None = None
+    mode: str = "inherit"
 
     def __post_init__(self) -> None:
+        if self.mode not in INNER_LOOP_MODES:
+            raise ValueError(f"mode={self.mode!r} is not allowed; allowed: {', '.join(INNER_LOOP_MODES)}")
         if self.steps < 0:
             raise ValueError(f"steps={self.steps} must be >= 0")
         if self.lr is not None and self.lr <= 0:
@@ -185,6 +194,27 @@ def gradient_steps(
             else:
                 parameters[name] = torch.addcmul(parameters[name], learning_rates[name], gradient, value=-1.0)
     return parameters
+
+
+@contextmanager
+def inner_loop_mode(network: nn.Module, loop: InnerLoop) -> Iterator[None]:
+    """Run the adaptation (support forwards and inner steps) with `network` in `loop.mode`, then put
+    every submodule back in the mode it had, also when the adaptation raises. The query forward of
+    the meta-loss, after `adapt` returns, runs in the outer mode (`algo.train()` / `algo.eval()`).
+
+    Every submodule's flag is restored as it was, not re-derived: modules that keep their own mode
+    (a pretrained encoder's frozen layers always run in eval) stay as they were.
+    """
+    if loop.mode == "inherit":
+        yield
+        return
+    saved = [(module, module.training) for module in network.modules()]
+    network.train(loop.mode == "train")
+    try:
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training
 
 
 def no_cudnn_for_double_backward(create_graph: bool, device: torch.device):

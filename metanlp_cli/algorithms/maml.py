@@ -12,6 +12,7 @@ from metanlp_cli.algorithms.inner_loop import (
     InnerLoop,
     encoder_blocks,
     gradient_steps,
+    inner_loop_mode,
     module_forward,
     no_cudnn_for_double_backward,
     require_lr,
@@ -55,7 +56,7 @@ class MAML(Algorithm):
         n_way = episode_way(support, self.model.head.out_features)
         parameters = first_head_rows(dict(self.model.named_parameters()), n_way)
         forward = module_forward(self.model)
-        with no_cudnn_for_double_backward(create_graph, support.inputs.device):
-            loop = self.inner_train if self.training else self.inner_eval
+        loop = self.inner_train if self.training else self.inner_eval
+        with no_cudnn_for_double_backward(create_graph, support.inputs.device), inner_loop_mode(self.model, loop):
             parameters = gradient_steps(forward, parameters, support, self.adapted, loop, create_graph)
         return FastWeights(forward, parameters)

@@ -23,6 +23,7 @@ from metanlp_cli.algorithms.inner_loop import (
     FastWeights,
     InnerLoop,
     encoder_blocks,
+    inner_loop_mode,
     module_forward,
     require_lr,
     select_parameters,
@@ -120,15 +121,16 @@ class MetaLSTM(Algorithm):
         state = self.meta_learner.initial_state(theta)
         forward = module_forward(self.model)
         loop = self.inner_train if self.training else self.inner_eval
-        for _ in range(loop.steps):
-            parameters.update(unflatten(theta, self.adapted, shapes))
-            batch = support_subset(support, loop.support_batch_size)
-            loss, gradients = support_gradients(forward, parameters, batch, self.adapted, create_graph=False)
-            gradient = torch.cat([g.reshape(-1) for g in gradients])
-            with torch.set_grad_enabled(self.training):  # at evaluation no meta-gradient is needed
-                theta, state = self.meta_learner(theta, gradient, loss.detach(), state)
-            if not self.training:
-                theta.requires_grad_()
+        with inner_loop_mode(self.model, loop):  # switches the learner, not this module: self.training holds
+            for _ in range(loop.steps):
+                parameters.update(unflatten(theta, self.adapted, shapes))
+                batch = support_subset(support, loop.support_batch_size)
+                loss, gradients = support_gradients(forward, parameters, batch, self.adapted, create_graph=False)
+                gradient = torch.cat([g.reshape(-1) for g in gradients])
+                with torch.set_grad_enabled(self.training):  # at evaluation no meta-gradient is needed
+                    theta, state = self.meta_learner(theta, gradient, loss.detach(), state)
+                if not self.training:
+                    theta.requires_grad_()
         parameters.update(unflatten(theta, self.adapted, shapes))
         return FastWeights(forward, parameters)
 

@@ -13,6 +13,7 @@ from metanlp_cli.algorithms.inner_loop import (
     InnerLoop,
     encoder_blocks,
     gradient_steps,
+    inner_loop_mode,
     module_forward,
     no_cudnn_for_double_backward,
     require_lr,
@@ -65,6 +66,6 @@ class MetaSGD(Algorithm):
         rates = first_head_rows({n: self.learning_rates[rate_key(n)] for n in self.adapted}, n_way)
         forward = module_forward(self.model)
         loop = self.inner_train if self.training else self.inner_eval
-        with no_cudnn_for_double_backward(create_graph, support.inputs.device):
+        with no_cudnn_for_double_backward(create_graph, support.inputs.device), inner_loop_mode(self.model, loop):
             parameters = gradient_steps(forward, parameters, support, self.adapted, loop, create_graph, rates)
         return FastWeights(forward, parameters)

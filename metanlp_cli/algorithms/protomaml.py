@@ -23,6 +23,7 @@ from metanlp_cli.algorithms.inner_loop import (
     Parameters,
     encoder_blocks,
     gradient_steps,
+    inner_loop_mode,
     no_cudnn_for_double_backward,
     require_lr,
     select_parameters,
@@ -76,8 +77,9 @@ class ProtoMAML(Algorithm):
 
     def adapt(self, support: Batch) -> FastWeights:
         create_graph = self.training and not self.first_order
-        parameters = self.initial_parameters(support)
         loop = self.inner_train if self.training else self.inner_eval
-        with no_cudnn_for_double_backward(create_graph, support.inputs.device):
-            parameters = gradient_steps(self.logits, parameters, support, self.adapted, loop, create_graph)
+        with inner_loop_mode(self.encoder, loop):  # the support prototypes are part of the adaptation
+            parameters = self.initial_parameters(support)
+            with no_cudnn_for_double_backward(create_graph, support.inputs.device):
+                parameters = gradient_steps(self.logits, parameters, support, self.adapted, loop, create_graph)
         return FastWeights(self.logits, parameters)

@@ -17,6 +17,7 @@ from metanlp_cli.algorithms.inner_loop import (
     InnerLoop,
     encoder_blocks,
     gradient_steps,
+    inner_loop_mode,
     module_forward,
     require_lr,
     select_parameters,
@@ -51,7 +52,8 @@ class Reptile(Algorithm):
         start = {name: p.detach().requires_grad_(name in self.adapted) for name, p in self.model.named_parameters()}
         loop = self.inner_train if self.training else self.inner_eval
         forward = module_forward(self.model)
-        adapted = gradient_steps(forward, first_head_rows(start, n_way), support, self.adapted, loop, False)
+        with inner_loop_mode(self.model, loop):
+            adapted = gradient_steps(forward, first_head_rows(start, n_way), support, self.adapted, loop, False)
         return FastWeights(forward, {name: p.detach() for name, p in adapted.items()})
 
     def meta_loss(self, learner: FastWeights, query: Batch) -> torch.Tensor:
