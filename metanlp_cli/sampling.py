@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from metanlp_cli.data.types import EncodedSplit, TaskClasses
 from metanlp_cli.errors import MetaNLPError
@@ -40,6 +42,17 @@ class Episode:
 
     def to(self, device: torch.device | str) -> Episode:
         return Episode(self.support.to(device), self.query.to(device), self.class_names)
+
+
+def concatenate_inputs(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The rows of several batches as one encoder input. Token ids of different widths are padded on
+    the right with 0 (padding) to the widest; so are cached hidden states [rows, length, hidden + 1],
+    whose last channel, the attention mask, is then 0 too. Pooled features [rows, dim] concatenate as they are."""
+    if inputs[0].is_floating_point() and inputs[0].dim() == 2:
+        return torch.cat(list(inputs))
+    width = max(x.shape[1] for x in inputs)
+    padding = [(0, 0) * (x.dim() - 2) + (0, width - x.shape[1]) for x in inputs]
+    return torch.cat([F.pad(x, pad) for x, pad in zip(inputs, padding, strict=True)])
 
 
 # The task weightings an episode's task is drawn by, as the exponent of the task's size.

@@ -167,11 +167,12 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
             algo.train()
             optimizer.zero_grad()
             meta_loss = 0.0
-            for index in ranks.episode_indices(step, trainer.meta_batch_size):  # all of them in one process
-                torch.manual_seed(episode_seed(trainer.seed, index))  # dropout masks follow the episode
-                episode = sampler.episode(index).to(device)
-                learner = algo.adapt(episode.support)
-                loss = algo.meta_loss(learner, episode.query) / trainer.meta_batch_size
+            indices = ranks.episode_indices(step, trainer.meta_batch_size)  # all of them in one process
+            episodes = [sampler.episode(index).to(device) for index in indices]
+            seeds = [episode_seed(trainer.seed, index) for index in indices]  # dropout masks follow the episode
+            # One part per episode (adapt, then meta_loss), or one for all where the algorithm batches them.
+            for loss in algo.meta_batch_losses(episodes, seeds):
+                loss = loss / trainer.meta_batch_size
                 loss.backward()
                 meta_loss += loss.item()
             meta_loss = ranks.sum_gradients(algo.parameters(), meta_loss)

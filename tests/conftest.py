@@ -13,7 +13,7 @@ from torch import nn
 
 from metanlp_cli import CONFIG_DIR
 from metanlp_cli.data.types import EncodedSplit
-from metanlp_cli.sampling import EpisodeSampler
+from metanlp_cli.sampling import EpisodeSampler, episode_seed
 
 KEYWORDS = 24  # token ids 3..26 are keywords, 27..66 noise
 
@@ -72,8 +72,10 @@ def meta_train(algo, sampler: EpisodeSampler, steps: int, lr: float = 3e-3, meta
     for step in range(steps):
         algo.train()
         optimizer.zero_grad()
-        for episode in sampler.meta_batch(step, meta_batch_size):
-            (algo.meta_loss(algo.adapt(episode.support), episode.query) / meta_batch_size).backward()
+        indices = range(step * meta_batch_size, (step + 1) * meta_batch_size)
+        seeds = [episode_seed(sampler.seed, index) for index in indices]
+        for loss in algo.meta_batch_losses([sampler.episode(index) for index in indices], seeds):
+            (loss / meta_batch_size).backward()
         optimizer.step()
 
 

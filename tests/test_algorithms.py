@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call
 
 from metanlp_cli.algorithms.anil import ANIL
@@ -22,7 +23,7 @@ from metanlp_cli.algorithms.protonet import ProtoNet
 from metanlp_cli.algorithms.reptile import Reptile
 from metanlp_cli.backbones.cnn import WordCNN
 from metanlp_cli.protocols import episode_accuracies
-from metanlp_cli.sampling import Batch, EpisodeSampler
+from metanlp_cli.sampling import Batch, Episode, EpisodeSampler, episode_seed
 from tests.conftest import VOCAB_SIZE, TinyEncoder, meta_train
 
 SPACE = LabelSpace(n_way=2, num_train_classes=4)
@@ -369,6 +370,86 @@ def test_multitask_classifies_each_example_among_its_own_group(tiny_batches):
         MultiTask(TinyEncoder(), space, num_groups=4)
 
 
+class FeatureEncoder(nn.Module):
+    """An encoder over cached float features [rows, 6] (what a frozen encoder's features replace)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(6, 3)
+        self.output_dim = 3
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.layer(features))
+
+
+def uneven_episodes(kind: str) -> list[Episode]:
+    """A 2-way and a 3-way episode whose support and query token ids all have different widths (some rows
+    padded), or float features."""
+    generator = torch.Generator().manual_seed(0)
+    episodes = []
+    for classes, k_shot, q_query, widths in (([0, 1], 2, 3, (3, 5)), ([1, 2, 3], 1, 2, (4, 2))):
+        batches = []
+        for per_class, width in zip((k_shot, q_query), widths, strict=True):
+            rows = len(classes) * per_class
+            if kind == "tokens":
+                inputs = torch.randint(1, 12, (rows, width), generator=generator)
+                inputs[0, 1:] = 0
+            else:
+                inputs = torch.randn(rows, 6, generator=generator, dtype=torch.float64)
+            labels = torch.arange(len(classes)).repeat_interleave(per_class)
+            batches.append(Batch(inputs, labels, torch.tensor(classes)))
+        episodes.append(Episode(*batches, class_names=tuple(map(str, classes))))
+    return episodes
+
+
+BATCHING = {"protonet": (ProtoNet, {}), "finetune": (FineTune, {}), "multitask": (MultiTask, {"num_groups": 2})}
+
+
+@pytest.mark.parametrize("kind", ["tokens", "features"])
+@pytest.mark.parametrize("name", BATCHING)
+def test_batched_meta_loss_and_gradients_equal_the_per_episode_sum(name, kind):
+    """One encoder forward over every episode's rows gives the sum of the episodes' own meta-losses."""
+    algorithm, kwargs = BATCHING[name]
+    torch.manual_seed(0)
+    algo = algorithm(TinyEncoder() if kind == "tokens" else FeatureEncoder(), SPACE, **kwargs).double().train()
+    episodes = uneven_episodes(kind)
+    parameters = [p for p in algo.parameters() if p.requires_grad]
+    per_episode = sum(algo.meta_loss(algo.adapt(episode.support), episode.query) for episode in episodes)
+    expected = torch.autograd.grad(per_episode, parameters)
+    assert len(list(algo.meta_batch_losses(episodes, [1, 2]))) == 2  # batch_episodes=False: one per episode
+
+    algo.batch_episodes = True
+    [batched] = list(algo.meta_batch_losses(episodes, [1, 2]))
+    torch.testing.assert_close(batched, per_episode)
+    for got, want in zip(torch.autograd.grad(batched, parameters), expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_default_meta_batch_losses_are_the_former_recipe_loop_to_the_bit(keyword_task):
+    """Episode by episode, torch seeded with each episode's seed: the gradients of the loop train.py ran
+    before meta_batch_losses existed, bit for bit (dropout on, so the seeds matter)."""
+    sampler, _ = keyword_task
+
+    def gradients(seeds, through_method: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        encoder = WordCNN(VOCAB_SIZE, embedding_dim=16, filter_sizes=[2], num_filters=8, dropout=0.5)
+        algo = MAML(encoder, LabelSpace(5, 30), inner_train=InnerLoop(1, 0.3)).train()
+        episodes = sampler.meta_batch(0, 3)
+        if through_method:
+            for loss in algo.meta_batch_losses(episodes, seeds):
+                (loss / 3).backward()
+        else:
+            for episode, seed in zip(episodes, seeds, strict=True):
+                torch.manual_seed(seed)
+                (algo.meta_loss(algo.adapt(episode.support), episode.query) / 3).backward()
+        return [p.grad for p in algo.parameters()]
+
+    seeds = [episode_seed(0, index) for index in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(gradients(seeds, True), gradients(seeds, False), strict=True))
+    other_masks = gradients([seed + 1 for seed in seeds], True)
+    assert not all(torch.equal(a, b) for a, b in zip(gradients(seeds, True), other_masks, strict=True))
+
+
 def cnn():
     return WordCNN(VOCAB_SIZE, embedding_dim=32, filter_sizes=[1, 2], num_filters=32, dropout=0.0)
 
@@ -376,6 +457,7 @@ def cnn():
 # name: (class, constructor arguments, meta-training steps, outer learning rate)
 ALGORITHMS = {
     "protonet": (ProtoNet, {}, 60, 3e-3),
+    "protonet_batched": (ProtoNet, {"batch_episodes": True}, 60, 3e-3),
     "maml": (MAML, {"inner_train": InnerLoop(2, 0.3), "inner_eval": InnerLoop(5, 0.3)}, 150, 3e-3),
     "fomaml": (
         MAML,
@@ -399,6 +481,7 @@ ALGORITHMS = {
     ),
     "reptile": (Reptile, {"inner_train": InnerLoop(3, 0.3), "inner_eval": InnerLoop(5, 0.3)}, 150, 1e-2),
     "finetune": (FineTune, {"inner_eval": InnerLoop(50, 0.05)}, 60, 3e-3),
+    "finetune_batched": (FineTune, {"inner_eval": InnerLoop(50, 0.05), "batch_episodes": True}, 60, 3e-3),
     "multitask": (MultiTask, {"num_groups": 5, "inner_eval": InnerLoop(50, 0.05)}, 60, 3e-3),
 }
 

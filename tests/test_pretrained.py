@@ -377,3 +377,43 @@ def test_checkpoints_hold_what_trains_and_load_back_exactly(tiny_bert):
     fresh.load_state_dict(changed)  # strict: the frozen weights count as loaded
     for name, parameter in algo.named_parameters():
         torch.testing.assert_close(fresh.get_parameter(name), parameter, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_batched_protonet_through_a_training_top_layer_equals_the_per_episode_sum(tiny_bert, cache):
+    """Token ids of different widths, or cached hidden states below the top layer: one forward for the
+    meta-batch gives the per-episode meta-losses' sum and its gradients."""
+    split = labeled_split(PretrainedTokenizer(tiny_bert))
+    encoder = encoder_of(tiny_bert, trainable_layers=1, dropout=0.0)
+    if cache:
+        split = cache_frozen_features(encoder, {"test": split}, progress=False)[0]["test"]
+    algo = ProtoNet(encoder, LabelSpace(3, 4)).train()
+    episodes = EpisodeSampler(split, 3, 1, 1, seed=0).episodes(4)  # widths 5 and 6 when uncached
+    widths = {batch.inputs.shape[1] for episode in episodes for batch in (episode.support, episode.query)}
+    assert len(widths) == (1 if cache else 2)
+    parameters = [p for p in algo.parameters() if p.requires_grad]
+    per_episode = sum(algo.meta_loss(algo.adapt(episode.support), episode.query) for episode in episodes)
+    expected = torch.autograd.grad(per_episode, parameters)
+    algo.batch_episodes = True
+    [batched] = list(algo.meta_batch_losses(episodes, [0, 1, 2, 3]))
+    torch.testing.assert_close(batched, per_episode, atol=1e-5, rtol=1e-5)
+    for got, want in zip(torch.autograd.grad(batched, parameters), expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_train_recipe_with_batched_episodes_follows_the_per_episode_run(tiny_bert, compose_config, tmp_path):
+    """Without dropout, batching changes only the rounding: the same meta-losses step by step."""
+    overrides = ["backbone=pretrained", f"backbone.name_or_path={tiny_bert}", "backbone.encoder.trainable_layers=1"]
+    losses = {}
+    for batch_episodes in ("false", "true"):
+        run_dir = tmp_path / batch_episodes
+        run_dir.mkdir()
+        cfg = compose_config(
+            "train",
+            [*overrides, "backbone.encoder.dropout=0.0", f"algo.batch_episodes={batch_episodes}", "trainer=smoke"],
+        )
+        train.run(cfg, run_dir, {"algo": "protonet", "backbone": "pretrained", "dataset": "chatterbot"})
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses[batch_episodes] = [r["meta_loss"] for r in records if "meta_loss" in r]
+    assert len(losses["true"]) == 4
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)

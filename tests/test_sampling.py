@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from metanlp_cli.errors import MetaNLPError
-from metanlp_cli.sampling import EpisodeSampler
+from metanlp_cli.sampling import EpisodeSampler, concatenate_inputs
 from tests.conftest import keyword_split
 
 
@@ -116,3 +116,13 @@ def test_unknown_task_weighting_is_a_clear_error(split):
         EpisodeSampler(split, task_weights="size")
     with pytest.raises(MetaNLPError, match=r"sampler.task_alpha=-1"):
         EpisodeSampler(split, task_weights="mixture", task_alpha=-1)
+
+
+def test_concatenate_inputs_pads_token_ids_and_hidden_states_and_joins_features():
+    a, b = torch.tensor([[5, 6, 0]]), torch.tensor([[7, 8, 9, 4, 0], [1, 0, 0, 0, 0]])
+    assert concatenate_inputs([a, b]).tolist() == [[5, 6, 0, 0, 0], [7, 8, 9, 4, 0], [1, 0, 0, 0, 0]]
+    hidden = [torch.ones(1, 2, 3), torch.full((2, 4, 3), 2.0)]  # [rows, length, hidden + mask channel]
+    joined = concatenate_inputs(hidden)
+    assert joined.shape == (3, 4, 3) and joined[0, 2:].abs().sum() == 0 and torch.equal(joined[1:], hidden[1])
+    features = [torch.randn(2, 4), torch.randn(3, 4)]
+    assert torch.equal(concatenate_inputs(features), torch.cat(features))

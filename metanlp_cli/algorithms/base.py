@@ -3,11 +3,12 @@
 learner = algo.adapt(episode.support)       # fast weights, prototypes, a fitted head ...
 loss = algo.meta_loss(learner, episode.query)  # backward() fills the meta-gradients
 logits = learner(episode.query.inputs)      # evaluation
+for loss in algo.meta_batch_losses(episodes, seeds): ...  # meta-training: the two above, or batched
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metanlp_cli.errors import MetaNLPError
-from metanlp_cli.sampling import Batch
+from metanlp_cli.sampling import Batch, Episode
 
 Learner = Callable[[torch.Tensor], torch.Tensor]  # inputs -> logits
 
@@ -76,3 +77,15 @@ class Algorithm(nn.Module):
 
     def meta_loss(self, learner: Learner, query: Batch) -> torch.Tensor:
         return F.cross_entropy(learner(query.inputs), query.labels)
+
+    def meta_batch_losses(self, episodes: Sequence[Episode], seeds: Sequence[int]) -> Iterator[torch.Tensor]:
+        """A meta-batch's meta-loss in parts, each the sum of the meta-losses of the episodes it covers;
+        the caller backpropagates each part before asking for the next.
+
+        Here one part per episode, torch seeded with the episode's seed first (its dropout masks are a
+        function of the episode alone): one episode's graph is in memory at a time. An algorithm that
+        can run the encoder once over the support and query rows of all episodes overrides this.
+        """
+        for episode, seed in zip(episodes, seeds, strict=True):
+            torch.manual_seed(seed)
+            yield self.meta_loss(self.adapt(episode.support), episode.query)

@@ -3,13 +3,15 @@ fitted on each episode's support features (the encoder stays frozen at adaptatio
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace
 from metanlp_cli.algorithms.inner_loop import InnerLoop, inner_loop_mode, require_lr, support_subset
-from metanlp_cli.sampling import Batch
+from metanlp_cli.sampling import Batch, Episode, concatenate_inputs
 
 
 class SupervisedLearner:
@@ -34,12 +36,25 @@ class LinearProbe:
 
 def episode_examples(support: Batch, query: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Support and query rows of an episode as one supervised batch, with split-level class ids."""
-    inputs = [support.inputs, query.inputs]
-    if not inputs[0].is_floating_point():  # token ids: pad to the longer of the two
-        width = max(x.shape[1] for x in inputs)
-        inputs = [F.pad(x, (0, width - x.shape[1])) for x in inputs]
     labels = torch.cat([support.classes[support.labels], query.classes[query.labels]])
-    return torch.cat(inputs), labels
+    return concatenate_inputs([support.inputs, query.inputs]), labels
+
+
+def batched_episode_losses(
+    model: Classifier,
+    episodes: Sequence[Episode],
+    seed: int,
+    row_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lambda logits, labels: logits,
+) -> torch.Tensor:
+    """The sum over episodes of each episode's mean cross-entropy over all meta-train classes, with the
+    rows of all episodes through `model` in one forward (torch seeded with `seed` first: one dropout
+    stream for the meta-batch). `row_logits(logits, labels)` may mask each row's logits (multi-task)."""
+    examples = [episode_examples(episode.support, episode.query) for episode in episodes]
+    torch.manual_seed(seed)
+    inputs = concatenate_inputs([inputs for inputs, _ in examples])
+    labels = torch.cat([labels for _, labels in examples])
+    losses = F.cross_entropy(row_logits(model(inputs), labels), labels, reduction="none")
+    return torch.stack([part.mean() for part in losses.split([len(labels) for _, labels in examples])]).sum()
 
 
 def fit_linear_probe(encoder: nn.Module, support: Batch, loop: InnerLoop) -> LinearProbe:
@@ -80,18 +95,21 @@ def fit_regression_probe(
 
 class FineTune(Algorithm):
     """Meta-training is supervised learning over all meta-train classes (an episode is just a batch);
-    adaptation fits a new head on the support set (`inner_eval`, Adam)."""
+    adaptation fits a new head on the support set (`inner_eval`, Adam). `batch_episodes=True` runs the
+    rows of all episodes of a meta-batch through the model in one forward (as ProtoNet's, see there)."""
 
     def __init__(
         self,
         encoder: nn.Module,
         label_space: LabelSpace,
         inner_eval: InnerLoop = InnerLoop(steps=100, lr=0.01),
+        batch_episodes: bool = False,
     ) -> None:
         super().__init__()
         require_lr(inner_eval, "inner_eval", learned=False)
         self.model = Classifier(encoder, label_space.num_train_classes)
         self.inner_eval = inner_eval
+        self.batch_episodes = batch_episodes
 
     def adapt(self, support: Batch) -> SupervisedLearner | LinearProbe:
         if self.training:
@@ -102,3 +120,9 @@ class FineTune(Algorithm):
         """Cross-entropy over all meta-train classes on the whole episode (support and query)."""
         inputs, labels = episode_examples(learner.support, query)
         return F.cross_entropy(learner(inputs), labels)
+
+    def meta_batch_losses(self, episodes: Sequence[Episode], seeds: Sequence[int]) -> Iterator[torch.Tensor]:
+        if not self.batch_episodes:
+            yield from super().meta_batch_losses(episodes, seeds)
+            return
+        yield batched_episode_losses(self.model, episodes, seeds[0])

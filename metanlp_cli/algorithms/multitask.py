@@ -10,6 +10,8 @@ the other groups' logits masked out; that is the same as separate heads, compute
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,20 +20,24 @@ from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace
 from metanlp_cli.algorithms.finetune import (
     LinearProbe,
     SupervisedLearner,
+    batched_episode_losses,
     episode_examples,
     fit_linear_probe,
 )
 from metanlp_cli.algorithms.inner_loop import InnerLoop, require_lr
-from metanlp_cli.sampling import Batch
+from metanlp_cli.sampling import Batch, Episode
 
 
 class MultiTask(Algorithm):
+    """`batch_episodes=True`: the rows of all episodes of a meta-batch in one forward (see ProtoNet)."""
+
     def __init__(
         self,
         encoder: nn.Module,
         label_space: LabelSpace,
         num_groups: int = 3,
         inner_eval: InnerLoop = InnerLoop(steps=100, lr=0.01),
+        batch_episodes: bool = False,
     ) -> None:
         super().__init__()
         classes = label_space.num_train_classes
@@ -43,6 +49,7 @@ class MultiTask(Algorithm):
         require_lr(inner_eval, "inner_eval", learned=False)
         self.model = Classifier(encoder, classes)
         self.inner_eval = inner_eval
+        self.batch_episodes = batch_episodes
         self.register_buffer("group_of_class", torch.arange(classes) * num_groups // classes, persistent=False)
 
     def adapt(self, support: Batch) -> SupervisedLearner | LinearProbe:
@@ -53,5 +60,15 @@ class MultiTask(Algorithm):
     def meta_loss(self, learner: SupervisedLearner, query: Batch) -> torch.Tensor:
         """Mean cross-entropy of every episode example over the classes of its own group."""
         inputs, labels = episode_examples(learner.support, query)
+        return F.cross_entropy(self.own_group_logits(learner(inputs), labels), labels)
+
+    def own_group_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each row's logits with the classes outside its label's group at -inf."""
         other_group = self.group_of_class[None, :] != self.group_of_class[labels][:, None]
-        return F.cross_entropy(learner(inputs).masked_fill(other_group, float("-inf")), labels)
+        return logits.masked_fill(other_group, float("-inf"))
+
+    def meta_batch_losses(self, episodes: Sequence[Episode], seeds: Sequence[int]) -> Iterator[torch.Tensor]:
+        if not self.batch_episodes:
+            yield from super().meta_batch_losses(episodes, seeds)
+            return
+        yield batched_episode_losses(self.model, episodes, seeds[0], self.own_group_logits)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from metanlp_cli.algorithms.base import Algorithm, LabelSpace
-from metanlp_cli.sampling import Batch
+from metanlp_cli.sampling import Batch, Episode, concatenate_inputs
 
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
@@ -17,6 +19,13 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> tor
     return sums / counts
 
 
+def prototype_logits(features: torch.Tensor, prototypes: torch.Tensor, distance: str) -> torch.Tensor:
+    """Negative squared euclidean distances to the prototypes, or 10 x their cosine similarities."""
+    if distance == "cosine":
+        return 10.0 * F.normalize(features, dim=1) @ F.normalize(prototypes, dim=1).T
+    return -torch.cdist(features, prototypes).pow(2)
+
+
 class Prototypes:
     """A learner: logits are negative distances from encoded inputs to the class prototypes."""
 
@@ -24,20 +33,44 @@ class Prototypes:
         self.encoder, self.prototypes, self.distance = encoder, prototypes, distance
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(inputs)
-        if self.distance == "cosine":
-            return 10.0 * F.normalize(features, dim=1) @ F.normalize(self.prototypes, dim=1).T
-        return -torch.cdist(features, self.prototypes).pow(2)
+        return prototype_logits(self.encoder(inputs), self.prototypes, self.distance)
 
 
 class ProtoNet(Algorithm):
-    def __init__(self, encoder: nn.Module, label_space: LabelSpace, distance: str = "euclidean") -> None:
+    """`batch_episodes=True` runs the encoder once per meta-batch, over the support and query rows of
+    all its episodes (token ids padded to the widest), then splits the features per episode: the same
+    meta-loss, faster where the encoder trains (a transformer's layers). Dropout masks then come from
+    one torch stream per meta-batch (seeded by its first episode), not one per episode: an episode's
+    masks depend on the other episodes of its batch and, under torchrun, on the number of processes
+    (each batches its own share). Encoders whose output depends on the padding width (the word CNN's
+    windows, the BiLSTM's backward pass) give slightly different features when batched.
+    """
+
+    def __init__(
+        self, encoder: nn.Module, label_space: LabelSpace, distance: str = "euclidean", batch_episodes: bool = False
+    ) -> None:
         super().__init__()
         if distance not in ("euclidean", "cosine"):
             raise ValueError(f"algo.distance={distance!r} is not allowed; allowed: euclidean, cosine")
         self.encoder = encoder
         self.distance = distance
+        self.batch_episodes = batch_episodes
 
     def adapt(self, support: Batch) -> Prototypes:
         n_way = len(support.classes)
         return Prototypes(self.encoder, class_means(self.encoder(support.inputs), support.labels, n_way), self.distance)
+
+    def meta_batch_losses(self, episodes: Sequence[Episode], seeds: Sequence[int]) -> Iterator[torch.Tensor]:
+        if not self.batch_episodes:
+            yield from super().meta_batch_losses(episodes, seeds)
+            return
+        torch.manual_seed(seeds[0])
+        batches = [batch for episode in episodes for batch in (episode.support, episode.query)]
+        features = self.encoder(concatenate_inputs([batch.inputs for batch in batches]))
+        features = features.split([len(batch) for batch in batches])
+        losses = []
+        for episode, support_features, query_features in zip(episodes, features[::2], features[1::2], strict=True):
+            support, query = episode.support, episode.query
+            prototypes = class_means(support_features, support.labels, len(support.classes))
+            losses.append(F.cross_entropy(prototype_logits(query_features, prototypes, self.distance), query.labels))
+        yield torch.stack(losses).sum()
