@@ -14,7 +14,7 @@ from torch import nn
 
 from metanlp_cli.algorithms.base import Algorithm, LabelSpace
 from metanlp_cli.config import build
-from metanlp_cli.data.cache import TokenCache
+from metanlp_cli.data.cache import FeatureCache, TokenCache
 from metanlp_cli.data.types import PHASE_SPLITS, ClassSplit, EncodedSplit, TaskCollection, Text
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.protocols import KShotTask
@@ -104,27 +104,37 @@ def build_algorithm(cfg: DictConfig, encoder: nn.Module, label_space: LabelSpace
     return build(cfg.algo, "algo", encoder=encoder, label_space=label_space)
 
 
-def frozen_features_of(encoder: nn.Module, token_ids: torch.Tensor, progress: bool = True) -> torch.Tensor | None:
-    """The output of the encoder's frozen layers for these rows, or None where it has none."""
+def frozen_features_of(
+    encoder: nn.Module, token_ids: torch.Tensor, progress: bool, cache: FeatureCache
+) -> tuple[torch.Tensor | None, bool]:
+    """The output of the encoder's frozen layers for these rows (None where it has none), and whether
+    it was read from `cache`."""
     frozen_features = getattr(encoder, "frozen_features", None)
-    return frozen_features(token_ids, progress) if frozen_features else None
+    if frozen_features is None:
+        return None, False
+    return cache.features(token_ids, lambda rows: frozen_features(rows, progress))
 
 
 def cache_frozen_features(
-    encoder: nn.Module, splits: dict[str, EncodedSplit], progress: bool = True
+    encoder: nn.Module, splits: dict[str, EncodedSplit], progress: bool = True, cache_dir: str | None = None
 ) -> tuple[dict[str, EncodedSplit], float]:
     """Where the encoder is frozen, put its features in place of each split's token ids, computed once:
-    every episode, in training and evaluation, reuses them. Returns the seconds taken too.
+    every episode, in training and evaluation, reuses them. With `cache_dir` they are also kept on disk
+    for the next run (see `FeatureCache`). Returns the seconds taken too.
 
-    An encoder opts in with `frozen_features(token_ids, progress) -> features | None` (None: it trains).
+    An encoder opts in with `frozen_features(token_ids, progress) -> features | None` (None: it trains),
+    and to the disk cache with `feature_fingerprint() -> str`.
     """
     start = time.perf_counter()
-    cached = {}
+    cache, cached, from_cache = FeatureCache(encoder, cache_dir), {}, 0
     for name, split in splits.items():
-        features = frozen_features_of(encoder, split.inputs, progress)
+        features, hit = frozen_features_of(encoder, split.inputs, progress, cache)
         if features is None:
             return splits, 0.0
         cached[name] = dataclasses.replace(split, inputs=features)
+        from_cache += hit
+    if cache.cache_dir is not None:
+        log.info("features from cache: %d of %d splits, in %s", from_cache, len(splits), cache.cache_dir)
     return cached, time.perf_counter() - start
 
 
@@ -164,14 +174,17 @@ def kshot_tasks(
             if id(texts) not in inputs_of:  # the training sets of a task share its evaluation split
                 inputs_of[id(texts)] = cache.encode(texts.texts)[0].to(device)
         chosen.append((task, evaluation_split))
-    start = time.perf_counter()
+    start, features_cache, from_cache = time.perf_counter(), FeatureCache(encoder, cache_dir), 0
     for key, inputs in inputs_of.items():
-        features = frozen_features_of(encoder, inputs, progress)
+        features, hit = frozen_features_of(encoder, inputs, progress, features_cache)
         if features is None:
             break
         inputs_of[key] = features
+        from_cache += hit
     else:
         log.info("frozen layers: their output for every example computed once, in %.2fs", time.perf_counter() - start)
+        if features_cache.cache_dir is not None:
+            log.info("features from cache: %d of %d splits, in %s", from_cache, len(inputs_of), cache_dir)
 
     sharing = defaultdict(list)  # evaluation split -> the names of the tasks scored on it
     for task, name in chosen:

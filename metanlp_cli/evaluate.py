@@ -52,7 +52,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         results = protocol.run(algo, encoder, tasks, device, trainer.progress)
     else:  # episodes sampled from the split
         splits, _ = encode_splits(tokenizer, dataset, (cfg.split,), device, cache_dir)
-        splits, seconds = cache_frozen_features(encoder, splits, trainer.progress)
+        splits, seconds = cache_frozen_features(encoder, splits, trainer.progress, cache_dir)
         if seconds:
             log.info("frozen layers: their output for every example computed once, in %.2fs", seconds)
         results = protocol.run(algo, splits[cfg.split], device, trainer.progress)

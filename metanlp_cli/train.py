@@ -117,7 +117,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     label_space = LabelSpace(cfg.sampler.n_way, len(splits["train"].class_names))
     encoder = build_encoder(cfg, tokenizer.vocab_size)
     algo = build_algorithm(cfg, encoder, label_space).to(device)
-    splits, seconds = cache_frozen_features(encoder, splits, trainer.progress)
+    splits, seconds = cache_frozen_features(encoder, splits, trainer.progress, cfg.paths.get("cache_dir"))
     if seconds:
         log.info("frozen layers: their output for every example computed once, in %.2fs", seconds)
     sampler = build(cfg.sampler, "sampler", split=splits["train"], seed=trainer.seed)

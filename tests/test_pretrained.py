@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -417,3 +418,28 @@ def test_train_recipe_with_batched_episodes_follows_the_per_episode_run(tiny_ber
         losses[batch_episodes] = [r["meta_loss"] for r in records if "meta_loss" in r]
     assert len(losses["true"]) == 4
     assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+
+
+def test_feature_fingerprint_follows_the_frozen_weights_and_settings(tiny_bert):
+    fingerprint = encoder_of(tiny_bert).feature_fingerprint()
+    assert encoder_of(tiny_bert).feature_fingerprint() == fingerprint
+    for changed in ({"trainable_layers": 1}, {"pooling": "cls"}, {"normalize": True}, {"attention": "eager"}):
+        assert encoder_of(tiny_bert, **changed).feature_fingerprint() != fingerprint, changed
+    other_weights = encoder_of(tiny_bert)
+    with torch.no_grad():
+        other_weights.model.encoder.layer[0].output.dense.bias.add_(1e-3)
+    assert other_weights.feature_fingerprint() != fingerprint
+
+
+def test_train_recipe_reads_frozen_features_from_the_cache_on_a_second_run(tiny_bert, compose_config, tmp_path, caplog):
+    overrides = ["backbone=pretrained", f"backbone.name_or_path={tiny_bert}", "trainer=smoke"]
+    cfg = compose_config("train", [*overrides, f"paths.cache_dir={tmp_path / 'cache'}"])
+    results = []
+    for run in ("first", "second"):
+        (tmp_path / run).mkdir()
+        with caplog.at_level(logging.INFO, logger="metanlp_cli.components"):
+            caplog.clear()
+            train.run(cfg, tmp_path / run, {"algo": "protonet", "backbone": "pretrained", "dataset": "chatterbot"})
+        results.append(json.loads((tmp_path / run / "results.json").read_text())["episode_accuracies"])
+    assert "features from cache: 3 of 3 splits" in caplog.text
+    assert results[0] == results[1]

@@ -17,7 +17,9 @@ Tokenizer and encoder live together here because the packing is theirs.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -223,6 +225,7 @@ class PretrainedEncoder(nn.Module):
                 if isinstance(module, nn.Dropout):
                     module.p = dropout
         self.vocab_size, self.pooling, self.normalize = vocab_size, pooling, normalize
+        self.name_or_path, self.attention = name_or_path, attention
         self.feature_batch_size = feature_batch_size
         self._layers = self._find_layers()
         hidden_size = self.model.config.hidden_size
@@ -329,6 +332,34 @@ class PretrainedEncoder(nn.Module):
         else:
             raise RuntimeError(f"cached inputs of shape {tuple(inputs.shape)} do not fit this encoder's frozen part")
         return features if self.projection is None else self.projection(features)
+
+    def feature_fingerprint(self) -> str:
+        """What `frozen_features` depends on besides the token ids, for the on-disk cache (`FeatureCache`):
+        the model (name or path, and a digest of the frozen weights, so that a changed model directory
+        is noticed), attention implementation, pooling, normalisation, how many layers are frozen, the
+        batch size of the encoding (rows are padded per batch), and the torch and transformers versions.
+        The tokenizer's settings (`max_length`, ...) are in the token ids themselves."""
+        import transformers
+
+        weights = hashlib.sha256()
+        for name, parameter in self.model.named_parameters():
+            if not parameter.requires_grad:
+                weights.update(name.encode())
+                weights.update(parameter.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        settings = {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "name_or_path": self.name_or_path,
+            "frozen_weights": weights.hexdigest(),
+            "attention": self.attention,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "frozen": self.frozen,
+            "frozen_below": self.frozen_below,
+            "feature_batch_size": self.feature_batch_size,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        }
+        return json.dumps(settings, sort_keys=True)
 
     @torch.no_grad()
     def frozen_features(self, packed: torch.Tensor, progress: bool = False) -> torch.Tensor | None:

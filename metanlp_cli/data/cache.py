@@ -1,8 +1,11 @@
-"""Tokenized texts cached on disk, keyed by content: the tokenizer (its class, code and state) and the texts.
+"""Tokenized texts cached on disk, keyed by content: the tokenizer (its class, code and state) and the texts;
+and the output of an encoder's frozen layers, keyed by the encoder's fingerprint and the token ids.
 
 A second run on the same data with the same backbone loads the token tensor instead of tokenizing
-again; any change to the texts, the vocabulary, a tokenizer setting or the tokenizer's code gives
-a new key. Files are written atomically and read with `torch.load(weights_only=True)`.
+again (and, over a frozen pretrained encoder, its features instead of encoding again); any change to
+the texts, the vocabulary, a tokenizer setting or the tokenizer's code gives a new key (as does any
+change to the frozen weights or settings the features depend on). Files are written atomically and
+read with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -67,6 +71,47 @@ class TokenCache:
         inputs = self.tokenizer.encode(texts)
         _write_atomically(path, {"format": CACHE_FORMAT, "inputs": inputs})
         return inputs, False
+
+
+class FeatureCache:
+    """`features(token_ids, compute)` = `compute(token_ids)`, read from `cache_dir` when it was done before.
+
+    The key is the encoder's `feature_fingerprint()` (what its frozen layers' output depends on besides
+    the token ids: see `PretrainedEncoder`) and the token ids' content. No caching when `cache_dir` is
+    None or the encoder has no fingerprint. `compute` returning None (nothing frozen) is not cached.
+    """
+
+    def __init__(self, encoder, cache_dir: str | Path | None) -> None:
+        self.encoder = encoder
+        usable = cache_dir is not None and hasattr(encoder, "feature_fingerprint")
+        self.cache_dir = Path(cache_dir) if usable else None
+
+    @cached_property
+    def fingerprint(self) -> bytes:  # computed once, on first use: it may hash the frozen weights
+        return json.dumps({"format": CACHE_FORMAT, "encoder": self.encoder.feature_fingerprint()}).encode()
+
+    def path(self, token_ids: torch.Tensor) -> Path:
+        digest = hashlib.sha256(self.fingerprint)
+        digest.update(f"{tuple(token_ids.shape)} {token_ids.dtype}".encode())
+        digest.update(token_ids.detach().cpu().contiguous().numpy().tobytes())
+        return self.cache_dir / f"features-{digest.hexdigest()[:32]}.pt"
+
+    def features(
+        self, token_ids: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor | None]
+    ) -> tuple[torch.Tensor | None, bool]:
+        """The features (on the token ids' device), and whether they came from the cache."""
+        if self.cache_dir is None:
+            return compute(token_ids), False
+        path = self.path(token_ids)
+        if path.is_file():
+            try:
+                return torch.load(path, map_location=token_ids.device, weights_only=True)["features"], True
+            except Exception as error:  # a torn or foreign file: encode again and overwrite it
+                log.warning("cache file %s is unreadable (%s); encoding again", path, str(error).splitlines()[0])
+        features = compute(token_ids)
+        if features is not None:
+            _write_atomically(path, {"format": CACHE_FORMAT, "features": features.cpu()})
+        return features, False
 
 
 def _write_atomically(path: Path, payload: dict) -> None:
