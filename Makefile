@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast test-full smoke bench lint clean
+.PHONY: help install run test test-fast test-full smoke bench results lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ smoke: $(STAMP) ## one tiny train + eval through the CLI
 
 bench: $(STAMP) ## run benchmarks/bench_*.py and write BENCHMARKS.md (BENCH="name ..." for some)
 	$(BIN)/python -m benchmarks $(BENCH)
+
+SIZE ?= cpu
+results: $(STAMP) ## run the published-setting presets and write RESULTS.md (SIZE=cpu|full, RESULTS="name ..." for some; needs METANLP_DATA_ROOT)
+	$(BIN)/python -m reproduce --size $(SIZE) $(RESULTS)
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check metanlp_cli tests

@@ -1,0 +1,163 @@
+"""What `make results` runs: each published setting (an experiment preset), the settings of it to
+score (K), metanlp's methods, and the published numbers to set the results against.
+
+A method is a list of command-line overrides on top of the preset; the frozen baseline is the
+preset with no trainable layer (so that nothing is meta-trained and the paired difference isolates
+meta-training). Sizes trade time for fidelity: `cpu` finishes on a 2-core machine in about an
+hour, `full` is the setting to run on a GPU machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Published:
+    """A number from a paper's main table, and how its setting compares with ours."""
+
+    method: str
+    setting: str  # which of the benchmark's settings (columns) it belongs to
+    value: float  # in percent, as the paper reports it
+    source: str
+    comparison: str  # "identical protocol ..." or what differs
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A `metanlp eval` of the trained checkpoint (a protocol the train recipe does not run itself)."""
+
+    name: str
+    overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A column of the benchmark's table: overrides for both train and eval, and where the score comes
+    from (the train run's own test protocol when `evaluation` is None)."""
+
+    name: str
+    overrides: tuple[str, ...] = ()
+    evaluation: Evaluation | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str
+    description: str
+    overrides: tuple[str, ...] = ()
+    baseline: bool = False  # the reference the others are paired against
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str  # the experiment preset, configs/experiment/NAME.yaml
+    title: str
+    protocol: str  # one line: what is measured
+    settings: tuple[Setting, ...]
+    published: tuple[Published, ...] = ()
+    methods: tuple[str, ...] = ("frozen", "protonet")  # keys of METHODS
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+METHODS = {
+    "frozen": Method(
+        "frozen",
+        "frozen all-MiniLM-L6-v2 (mean pooling, L2-normalised), nearest prototype, no training",
+        ("backbone.encoder.trainable_layers=0",),
+        baseline=True,
+    ),
+    "protonet": Method("protonet", "ProtoNet (cosine), MiniLM top layer meta-trained"),
+    "maml_head": Method(
+        "maml_head",
+        "MAML (second order, head adapted in the inner loop), MiniLM top layer meta-trained",
+        ("algo=maml", "algo.inner_params=head", "algo.inner_frozen=[]"),
+    ),
+}
+
+# Meta-training budget per size: steps x meta-batch episodes, validation every eval_interval steps.
+SIZES = {
+    "cpu": ("trainer.steps=300", "trainer.meta_batch_size=4", "trainer.eval_interval=100", "trainer.val_episodes=200"),
+    "full": (
+        "trainer.steps=3000",
+        "trainer.meta_batch_size=4",
+        "trainer.eval_interval=500",
+        "trainer.val_episodes=600",
+        "backbone.encoder.trainable_layers=2",
+    ),
+}
+
+BAO = "Bao et al. 2020, Few-shot Text Classification with Distributional Signatures (ICLR), Table 2"
+BAO_SAME = "identical protocol and class split; their model: fastText + distributional signatures, ours MiniLM"
+
+BENCHMARKS = (
+    Benchmark(
+        "huffpost_bao2020",
+        "HuffPost (Bao et al. 2020)",
+        "5-way K-shot, 25 queries per class, 1,000 fixed test episodes on the 16 test categories; accuracy",
+        (Setting("1-shot", ("protocol=bao2020_1shot",)), Setting("5-shot", ("protocol=bao2020_5shot",))),
+        (
+            Published("DS-FSL (Bao et al.)", "1-shot", 43.0, BAO, BAO_SAME),
+            Published("DS-FSL (Bao et al.)", "5-shot", 63.5, BAO, BAO_SAME),
+        ),
+    ),
+    Benchmark(
+        "reuters_bao2020",
+        "Reuters-21578 (Bao et al. 2020)",
+        "5-way K-shot, 15 queries per class, 1,000 fixed test episodes on the 11 test topics; accuracy",
+        (Setting("1-shot", ("protocol=bao2020_1shot",)), Setting("5-shot", ("protocol=bao2020_5shot",))),
+        (
+            Published("DS-FSL (Bao et al.)", "1-shot", 81.8, BAO, BAO_SAME + "; 15 queries (a topic has 20 articles)"),
+            Published("DS-FSL (Bao et al.)", "5-shot", 96.0, BAO, BAO_SAME + "; 15 queries (a topic has 20 articles)"),
+        ),
+    ),
+    Benchmark(
+        "banking77_protaugment",
+        "BANKING77 (PROTAUGMENT protocol)",
+        "5-way K-shot, 5 queries per class, 600 fixed test episodes on fold 01's 27 test intents; accuracy",
+        (Setting("1-shot", ("protocol=protaugment_1shot",)), Setting("5-shot", ("protocol=protaugment_5shot",))),
+        notes=("The issue's reference bar (frozen MiniLM, fold 01): 85.4 +/- 0.8 (1-shot), 95.2 +/- 0.4 (5-shot).",),
+    ),
+    Benchmark(
+        "clinc150_protaugment",
+        "CLINC150 (PROTAUGMENT protocol)",
+        "5-way K-shot, 5 queries per class, 600 fixed test episodes on fold 01's 50 test intents; accuracy",
+        (Setting("1-shot", ("protocol=protaugment_1shot",)), Setting("5-shot", ("protocol=protaugment_5shot",))),
+        notes=("The issue's reference bar (frozen MiniLM, fold 01): 94.8 +/- 0.5 (1-shot), 98.9 +/- 0.2 (5-shot).",),
+    ),
+    Benchmark(
+        "fewrel",
+        "FewRel 1.0 (val_wiki relations)",
+        "5-way K-shot, 5 queries per class, 1,000 fixed test episodes on 5 held-out relations; accuracy",
+        (Setting("1-shot", ("protocol.k_shot=1",)), Setting("5-shot", ("protocol.k_shot=5",))),
+        (
+            Published(
+                "Proto-CNN (Han et al.)",
+                setting,
+                value,
+                "Han et al. 2018, FewRel (EMNLP), Table 3",
+                "different relation split: theirs 64 training relations and the hidden test set; ours 6 / 5 / 5 "
+                "of the 16 val_wiki relations (no train_wiki offline)",
+            )
+            for setting, value in (("1-shot", 69.2), ("5-shot", 84.8))
+        ),
+    ),
+    Benchmark(
+        "arsc",
+        "ARSC (Amazon reviews, 12 target tasks)",
+        "each target task adapted on its 5-shot support file and scored on its test file; mean accuracy over 12",
+        (Setting("5-shot", (), Evaluation("arsc", ("protocol=arsc",))),),
+        tuple(
+            Published(
+                method,
+                "5-shot",
+                value,
+                "Geng et al. 2019, Induction Networks for Few-Shot Text Classification (EMNLP), Table 2",
+                "identical targets, support files and test files; their meta-training uses all 57 training tasks' "
+                "data as ours does; their encoders are trained from scratch (word embeddings + BiLSTM)",
+            )
+            for method, value in (("Induction Networks", 85.63), ("ProtoNet", 68.17), ("MAML", 78.33))
+        ),
+        methods=("frozen", "protonet", "maml_head"),
+    ),
+)
