@@ -48,7 +48,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     protocol = build(run_cfg.protocol, "protocol")
 
     if isinstance(protocol, KShotProtocol):  # whole tasks: each training set adapted on, its evaluation set scored
-        tasks = kshot_tasks(tokenizer, dataset, cfg.split, encoder, device, cache_dir, trainer.progress)
+        tasks = kshot_tasks(tokenizer, dataset, cfg.split, encoder, device, protocol, cache_dir, trainer.progress)
         results = protocol.run(algo, encoder, tasks, device, trainer.progress)
     else:  # episodes sampled from the split
         splits, _ = encode_splits(tokenizer, dataset, (cfg.split,), device, cache_dir)
