@@ -35,13 +35,25 @@ def episode_accuracies(
 
 
 class EpisodicProtocol:
-    """N-way K-shot Q-query episodes on held-out classes, fixed by `seed`: mean accuracy and 95% CI."""
+    """N-way K-shot Q-query episodes on held-out classes, fixed by `seed`: mean accuracy and 95% CI.
+    `folds` (a fold-based class split's `dataset.fold` values) makes `metanlp train` train and test one run
+    per fold and report the mean over them (folds.py)."""
 
     def __init__(
-        self, n_way: int = 5, k_shot: int = 5, q_query: int = 15, episodes: int = 600, seed: int = 2024
+        self,
+        n_way: int = 5,
+        k_shot: int = 5,
+        q_query: int = 15,
+        episodes: int = 600,
+        seed: int = 2024,
+        folds: list[int] | None = None,
     ) -> None:
+        if folds is not None and (not folds or len(set(folds)) < len(folds)):
+            raise MetaNLPError(
+                f"protocol.folds={list(folds)}; allowed: null or a list of distinct folds, e.g. [1,2,3,4,5]"
+            )
         self.n_way, self.k_shot, self.q_query = n_way, k_shot, q_query
-        self.num_episodes, self.seed = episodes, seed
+        self.num_episodes, self.seed, self.folds = episodes, seed, folds
 
     def sampler(self, split: EncodedSplit) -> EpisodeSampler:
         return EpisodeSampler(split, self.n_way, self.k_shot, self.q_query, seed=self.seed, key="protocol")

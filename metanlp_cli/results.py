@@ -35,6 +35,19 @@ def summary_line(results: dict) -> str:
     )
 
 
+def evaluations_markdown(results: dict) -> str:
+    """The evaluations run after training (train's `evaluations`), one line each with its folder."""
+    if not results.get("evaluations"):
+        return ""
+    lines = ["", "## Evaluations after training", ""]
+    for evaluation in results["evaluations"]:
+        lines.append(
+            f"- `{evaluation['name']}` (`metanlp eval {' '.join(evaluation['overrides'])}`): {evaluation['summary']}; "
+            f"tables in `eval/{evaluation['name']}/results.md`"
+        )
+    return "\n".join([*lines, ""])
+
+
 def write_results(run_dir: Path, results: dict) -> None:
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     if results.get("protocol") in KSHOT_PROTOCOLS:
@@ -58,7 +71,7 @@ def write_results(run_dir: Path, results: dict) -> None:
             "",
         ]
     )
-    (run_dir / "results.md").write_text(text)
+    (run_dir / "results.md").write_text(text + evaluations_markdown(results))
 
 
 METRIC_LABELS = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
