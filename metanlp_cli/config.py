@@ -173,7 +173,8 @@ def apply_overrides(base: DictConfig, composed: DictConfig, overrides: list[str]
 
     result = OmegaConf.create(OmegaConf.to_container(base, resolve=False))
     for override in OverridesParser.create().parse_overrides(overrides):
-        key = override.key_or_group.replace("/", ".")
+        # `+dataset/glue@dataset.tasks.extra=qqp` puts a config at its package, not at `dataset.glue`
+        key = override.package or override.key_or_group.replace("/", ".")
         if key.split(".")[0] in skip or key.startswith("hydra"):
             continue
         if override.is_delete():

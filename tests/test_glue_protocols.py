@@ -375,3 +375,22 @@ def test_real_glue_collections_have_the_published_tasks_and_sizes(compose_config
     for task in lmbff.tasks:
         per_label = [16] if task.regression else sorted(set(task.train.examples_per_class().values()))
         assert (len(task.train) == 32) if task.regression else per_label == [16], task.name
+
+
+def test_eval_overrides_add_and_remove_collection_entries(compose_config):
+    """What `metanlp eval ... dataset=glue/lowres '+dataset/glue@dataset.tasks.extra=qqp' ...` builds."""
+    from metanlp_cli.config import apply_overrides
+
+    overrides = [
+        "dataset=glue/lowres",
+        "+dataset/glue@dataset.tasks.extra=qqp",
+        "dataset.tasks.extra.name=extra",
+        "~dataset.tasks.wnli",
+        "dataset.target_tasks=[cola,extra]",
+    ]
+    composed = compose_config("eval", ["checkpoint=x", *overrides])
+    saved = OmegaConf.create({"dataset": {"_target_": "metanlp_cli.data.builtin.chatterbot_topics"}, "seed": 0})
+    dataset = apply_overrides(saved, composed, overrides, skip={"checkpoint"}).dataset
+    assert list(dataset.tasks) == ["sst2", "mnli", "qnli", "qqp", "snli", "cola", "mrpc", "stsb", "extra"]
+    assert dataset.tasks.extra.train_file == "glue_subsets/QQP/train.json" and dataset.tasks.extra.name == "extra"
+    assert list(dataset.target_tasks) == ["cola", "extra"] and "glue" not in dataset
