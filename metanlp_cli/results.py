@@ -134,6 +134,12 @@ def kshot_table(results: dict) -> list[str]:
     ]
 
 
+def evaluated_splits(results: dict) -> str:
+    """`test split`, or the splits actually scored where they differ (`dev splits`: GLUE's hidden test labels)."""
+    scored = sorted({group["evaluation_split"] for group in results["tasks"].values()})
+    return f"{results['split']} split" if scored == [results["split"]] else f"{'/'.join(scored)} splits"
+
+
 def kshot_markdown(results: dict) -> str:
     groups = results["tasks"]
     averaged = ", ".join(f"{name} {score_name(group)}" for name, group in groups.items())
@@ -156,7 +162,7 @@ def kshot_markdown(results: dict) -> str:
         )
     return "\n".join(
         [
-            f"# Results: {TITLES[results['protocol']]}, {results['split']} split",
+            f"# Results: {TITLES[results['protocol']]}, {evaluated_splits(results)}",
             "",
             *kshot_table(results),
             "",

@@ -329,6 +329,8 @@ def test_evaluations_run_after_training_into_the_run_directory(tmp_path, compose
     ]
     text = (run_dir / "results.md").read_text()
     assert "## Evaluations after training" in text and "eval/glue_lowres_glue-lowres/results.md" in text
+    table = (run_dir / "eval" / "glue_lowres_glue-lowres" / "results.md").read_text()
+    assert "# Results: GLUE low-resource targets, dev splits" in table and "mrpc F1/acc mean" in table
     assert "| method | cola (MCC) | mrpc (F1/acc) | stsb (Pearson/Spearman) | wnli (acc) | average |" in result.stdout
 
 
