@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 import sys
@@ -123,16 +124,29 @@ def missing_keys(node: dict, prefix: str = "") -> list[str]:
     return missing
 
 
+@contextlib.contextmanager
+def config_search_path(config_name: str):
+    """Where `compose` finds configs/: set up here, or the running app's (a training run's evaluations)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        yield
+        return
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name=config_name):
+        yield
+
+
 def check_composition(config_name: str, overrides: list[str]):
     """Compose the config once before Hydra does, so a bad key or type is one line, not a report.
     Returns the composed config."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name=config_name):
+    with config_search_path(config_name):
         try:
             composed = compose(config_name, overrides=plain)
         except (HydraException, OmegaConfBaseException) as error:
@@ -155,11 +169,13 @@ def check_composition(config_name: str, overrides: list[str]):
 def _train_task(cfg):
     from hydra.core.hydra_config import HydraConfig
 
-    from metanlp_cli import train
+    from metanlp_cli import folds, train
     from metanlp_cli.checkpoint import resumed_config
 
     hydra_cfg = HydraConfig.get()
     cfg, choices = resumed_config(cfg, dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task))
+    if cfg.protocol.get("folds"):  # one run per fold, in RUN/fold<K>/, and the mean over them
+        return folds.run(cfg, Path(hydra_cfg.runtime.output_dir), choices, train.run)
     return train.run(cfg, Path(hydra_cfg.runtime.output_dir), choices)
 
 

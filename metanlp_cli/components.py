@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -17,7 +17,7 @@ from metanlp_cli.config import build
 from metanlp_cli.data.cache import FeatureCache, TokenCache
 from metanlp_cli.data.types import PHASE_SPLITS, ClassSplit, EncodedSplit, TaskCollection, Text
 from metanlp_cli.errors import MetaNLPError
-from metanlp_cli.protocols import KShotTask
+from metanlp_cli.protocols import KShotProtocol, KShotTask
 from metanlp_cli.sampling import Batch
 
 log = logging.getLogger(__name__)
@@ -138,42 +138,47 @@ def cache_frozen_features(
     return cached, time.perf_counter() - start
 
 
-# Which split of a task the k-shot protocol scores, in order of preference (GLUE hides its test labels).
-KSHOT_EVALUATION_SPLITS = {"test": ("test", "dev"), "val": ("dev",)}
-
-
 def kshot_tasks(
     tokenizer,
     dataset: Dataset,
     split: str,
     encoder: nn.Module,
     device: torch.device,
+    protocol: KShotProtocol,
     cache_dir: str | None = None,
     progress: bool = True,
 ) -> list[KShotTask]:
-    """Each task of a collection as a k-shot training set: its train split as one support set, and
-    the evaluation split `split` asks for. Shared evaluation splits are tokenized (and, for a frozen encoder,
-    embedded) once; the tasks sharing one make up a group, named after the collection where there is one."""
+    """Each target task of a collection as the protocol's training sets (rows of its train split, each one
+    support set) and the evaluation split that `split` asks for. Every split (or the rows of it that the
+    training sets use) is tokenized, and for a frozen encoder embedded, once: LM-BFF's seeds share their
+    test set. The training sets of a task are reported together, under its `group` (or its name)."""
+    named = f"protocol={protocol.name}"
     if not isinstance(dataset, TaskCollection):
         raise MetaNLPError(
-            f"protocol=kshot needs a task collection (e.g. dataset=lmbff/sst2); {dataset.name} is a class split"
+            f"{named} needs a task collection (e.g. dataset=lmbff/sst2); {dataset.name} is a class split"
         )
-    if split not in KSHOT_EVALUATION_SPLITS:
-        raise MetaNLPError(
-            f"split={split!r} with protocol=kshot; allowed: test, val (the train split is the support set)"
-        )
+    if split not in protocol.evaluation_splits:
+        allowed = ", ".join(protocol.evaluation_splits)
+        raise MetaNLPError(f"split={split!r} with {named}; allowed: {allowed} (the train split is the support set)")
+    wanted = protocol.evaluation_splits[split]
     cache, inputs_of, chosen = TokenCache(tokenizer, cache_dir), {}, []
     for task in dataset.phase_tasks("test"):
-        evaluation_split = next((s for s in KSHOT_EVALUATION_SPLITS[split] if task.split(s) is not None), None)
+        evaluation_split = next((s for s in wanted if task.split(s) is not None), None)
         if task.train is None or evaluation_split is None:
-            wanted = " or ".join(KSHOT_EVALUATION_SPLITS[split])
             raise MetaNLPError(
-                f"task {task.name} of {dataset.name} needs a train split and a {wanted} split for protocol=kshot"
+                f"task {task.name} of {dataset.name} needs a train split and a {' or '.join(wanted)} split for {named}"
             )
-        for texts in (task.train, task.split(evaluation_split)):
-            if id(texts) not in inputs_of:  # the training sets of a task share its evaluation split
-                inputs_of[id(texts)] = cache.encode(texts.texts)[0].to(device)
-        chosen.append((task, evaluation_split))
+        training_sets = protocol.training_sets(task)
+        used = [rows for _, rows in training_sets]
+        train_rows = None if any(rows is None for rows in used) else np.unique(np.concatenate(used))
+        evaluation = task.split(evaluation_split)
+        # Keyed by the texts' identity and the rows taken: the training sets of a task share its evaluation split.
+        train_key = (id(task.train), None if train_rows is None else train_rows.tobytes())
+        for key, texts, rows in ((train_key, task.train, train_rows), ((id(evaluation), None), evaluation, None)):
+            if key not in inputs_of:
+                inputs_of[key] = cache.encode(texts.texts if rows is None else [texts.texts[i] for i in rows])[0]
+                inputs_of[key] = inputs_of[key].to(device)
+        chosen.append((task, evaluation_split, training_sets, train_rows, train_key))
     start, features_cache, from_cache = time.perf_counter(), FeatureCache(encoder, cache_dir), 0
     for key, inputs in inputs_of.items():
         features, hit = frozen_features_of(encoder, inputs, progress, features_cache)
@@ -186,30 +191,29 @@ def kshot_tasks(
         if features_cache.cache_dir is not None:
             log.info("features from cache: %d of %d splits, in %s", from_cache, len(inputs_of), cache_dir)
 
-    sharing = defaultdict(list)  # evaluation split -> the names of the tasks scored on it
-    for task, name in chosen:
-        sharing[id(task.split(name))].append(task.name)
     tasks = []
-    for task, evaluation_split in chosen:
-        evaluation, names = task.split(evaluation_split), sharing[id(task.split(evaluation_split))]
-        group = dataset.name.rsplit("/", 1)[-1] if len(sharing) == 1 else os.path.commonprefix(names).rstrip("-_")
+    for task, evaluation_split, training_sets, train_rows, train_key in chosen:
+        evaluation, train_inputs = task.split(evaluation_split), inputs_of[train_key]
         label_type = torch.float32 if task.regression else torch.int64
-        support = Batch(
-            inputs_of[id(task.train)],
-            torch.tensor(task.train.labels, dtype=label_type, device=device),
-            torch.arange(len(task.label_names), device=device),
-        )
-        evaluation_labels = torch.tensor(evaluation.labels, dtype=label_type, device=device)
-        tasks.append(
-            KShotTask(
-                task.name,
-                group,
-                support,
-                inputs_of[id(evaluation)],
-                evaluation_labels,
-                evaluation_split,
-                task.metrics,
-                task.regression,
+        train_labels = torch.tensor(task.train.labels, dtype=label_type, device=device)
+        for name, rows in training_sets:
+            if rows is None:
+                support_inputs, support_labels = train_inputs, train_labels
+            else:  # the encoded rows are `train_rows`: find these among them
+                positions = torch.as_tensor(np.searchsorted(train_rows, rows), device=device)
+                support_inputs = train_inputs[positions]
+                support_labels = train_labels[torch.as_tensor(rows, device=device)]
+            support = Batch(support_inputs, support_labels, torch.arange(len(task.label_names), device=device))
+            tasks.append(
+                KShotTask(
+                    name,
+                    task.group or task.name,
+                    support,
+                    inputs_of[(id(evaluation), None)],
+                    torch.tensor(evaluation.labels, dtype=label_type, device=device),
+                    evaluation_split,
+                    task.metrics,
+                    task.regression,
+                )
             )
-        )
     return tasks

@@ -57,6 +57,15 @@ def _accepts(annotation: Any, value: Any) -> bool:
     return True
 
 
+def is_target(value: Any) -> bool:
+    return isinstance(value, DictConfig) and "_target_" in value
+
+
+def is_target_dict(value: Any) -> bool:
+    """A dict whose every value is a target config (`dataset.tasks` of a task collection): built value by value."""
+    return isinstance(value, DictConfig) and len(value) > 0 and all(is_target(child) for child in value.values())
+
+
 def check_arguments(node: DictConfig, key: str, provided: set[str] = frozenset()) -> None:
     """Every key of `node` is a parameter of its `_target_`, with a value of the hinted type."""
     target = resolve_target(node.get("_target_"), key)
@@ -76,8 +85,12 @@ def check_arguments(node: DictConfig, key: str, provided: set[str] = frozenset()
             allowed = ", ".join(sorted(set(parameters) - provided - {"self"}))
             raise MetaNLPError(f"{key}.{name} is not a parameter of {node._target_}; allowed: {allowed}")
         value = node[name]
-        if isinstance(value, DictConfig) and "_target_" in value:
+        if is_target(value):
             check_arguments(value, f"{key}.{name}")
+            continue
+        if is_target_dict(value):
+            for entry, child in value.items():
+                check_arguments(child, f"{key}.{name}.{entry}")
             continue
         plain = OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
         if name in hints and not _accepts(hints[name], plain):
@@ -91,16 +104,19 @@ def build(node: DictConfig, key: str, **provided: Any) -> Any:
         raise MetaNLPError(f"{key} must be a config with a _target_")
     try:
         check_arguments(node, key, set(provided))
-        # Nested targets are built here too, so that their errors name their own key.
-        children = {
-            name: value for name, value in node.items() if isinstance(value, DictConfig) and "_target_" in value
-        }
+        # Nested targets (and dicts of them) are built here too, so that their errors name their own key.
+        children = {name: value for name, value in node.items() if is_target(value) or is_target_dict(value)}
         plain = OmegaConf.create({name: value for name, value in node.items() if name not in children})
         # Runtime objects go to the partial, not through OmegaConf (which would convert dataclasses).
         factory = hydra.utils.instantiate(plain, _partial_=True, _convert_="all")
     except OmegaConfBaseException as error:
         raise MetaNLPError(f"{key}: {error.msg if hasattr(error, 'msg') else error}") from None
-    children = {name: build(value, f"{key}.{name}") for name, value in children.items()}
+    children = {
+        name: build(value, f"{key}.{name}")
+        if is_target(value)
+        else {entry: build(child, f"{key}.{name}.{entry}") for entry, child in value.items()}
+        for name, value in children.items()
+    }
     try:
         return factory(**children, **provided)
     except ValueError as error:  # constructors raise ValueError for a bad value
@@ -157,7 +173,8 @@ def apply_overrides(base: DictConfig, composed: DictConfig, overrides: list[str]
 
     result = OmegaConf.create(OmegaConf.to_container(base, resolve=False))
     for override in OverridesParser.create().parse_overrides(overrides):
-        key = override.key_or_group.replace("/", ".")
+        # `+dataset/glue@dataset.tasks.extra=qqp` puts a config at its package, not at `dataset.glue`
+        key = override.package or override.key_or_group.replace("/", ".")
         if key.split(".")[0] in skip or key.startswith("hydra"):
             continue
         if override.is_delete():

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from metanlp_cli.algorithms.base import LabelSpace
 from metanlp_cli.checkpoint import load_checkpoint
@@ -21,7 +22,7 @@ from metanlp_cli.components import (
 from metanlp_cli.config import TrainerConfig, apply_overrides, build, validate
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.protocols import KShotProtocol
-from metanlp_cli.results import summary_line, write_results
+from metanlp_cli.results import KSHOT_PROTOCOLS, kshot_table, summary_line, write_results
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     protocol = build(run_cfg.protocol, "protocol")
 
     if isinstance(protocol, KShotProtocol):  # whole tasks: each training set adapted on, its evaluation set scored
-        tasks = kshot_tasks(tokenizer, dataset, cfg.split, encoder, device, cache_dir, trainer.progress)
+        tasks = kshot_tasks(tokenizer, dataset, cfg.split, encoder, device, protocol, cache_dir, trainer.progress)
         results = protocol.run(algo, encoder, tasks, device, trainer.progress)
     else:  # episodes sampled from the split
         splits, _ = encode_splits(tokenizer, dataset, (cfg.split,), device, cache_dir)
@@ -80,3 +81,73 @@ def _group_choices(overrides: list[str]) -> dict[str, str]:
         if key in ("dataset", "protocol") and value:
             choices[key] = value
     return choices
+
+
+EVALUATIONS_EXAMPLE = "\"evaluations=[['protocol=kshot','dataset=lmbff/glue'],['protocol=glue_lowres']]\""
+
+
+def evaluation_name(overrides: list[str]) -> str:
+    """A folder name for an evaluation: `kshot_lmbff-glue`, `glue_lowres_protocol.k_shot-16`."""
+    parts = []
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        parts.append(value if key in ("protocol", "dataset") else f"{key}-{value}")
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", "_".join(parts)).strip("-") or "eval"
+
+
+def check_evaluations(evaluations) -> list[tuple[str, list[str], DictConfig]]:
+    """A train config's `evaluations` (override lists of `metanlp eval`), each composed with the eval config
+    now, so that a bad one stops the run before training. Returns (folder name, overrides, eval config)."""
+    from metanlp_cli.cli import check_composition, check_group_choices
+
+    plain = OmegaConf.to_container(evaluations) if isinstance(evaluations, ListConfig) else evaluations
+    if not isinstance(plain, list) or not all(
+        isinstance(overrides, list) and all(isinstance(o, str) for o in overrides) for overrides in plain
+    ):
+        raise MetaNLPError(f"evaluations={plain!r} must be a list of override lists, e.g. {EVALUATIONS_EXAMPLE}")
+    checked, names = [], set()
+    for index, overrides in enumerate(plain):
+        for override in overrides:
+            key = override.lstrip("+~").partition("=")[0]
+            if "=" not in override or key in ("checkpoint", "hydra") or key.startswith("hydra."):
+                raise MetaNLPError(
+                    f"evaluations[{index}]: {override!r} is not allowed; give key=value or group=choice overrides "
+                    f"of metanlp eval (the checkpoint is the run's best.pt), e.g. {EVALUATIONS_EXAMPLE}"
+                )
+        try:
+            check_group_choices(overrides)
+            composed = check_composition("eval", ["checkpoint=best.pt", *overrides])
+        except MetaNLPError as error:
+            raise MetaNLPError(f"evaluations[{index}]={overrides}: {error}") from None
+        name, number = evaluation_name(overrides), 2
+        while name in names:  # the same overrides twice: keep both
+            name, number = f"{evaluation_name(overrides)}_{number}", number + 1
+        names.add(name)
+        checked.append((name, overrides, composed))
+    return checked
+
+
+def run_evaluations(
+    evaluations: list[tuple[str, list[str], DictConfig]], paths: DictConfig, run_dir: Path, checkpoint: Path
+) -> list[dict]:
+    """Score a training run's checkpoint with each checked evaluation, into RUN/eval/<name>/; print each
+    table. Returns what the run's results list: name, overrides, folder and summary line."""
+    done = []
+    for name, overrides, eval_cfg in evaluations:
+        eval_dir = run_dir / "eval" / name
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        eval_cfg.checkpoint, eval_cfg.paths = str(checkpoint), paths  # this run's data, cache and outputs
+        log.info("evaluation %s: metanlp eval checkpoint=%s %s", name, checkpoint, " ".join(overrides))
+        print(f"\nevaluation {name} ({' '.join(overrides)}):")
+        results = run(eval_cfg, eval_dir, overrides)
+        if results.get("protocol") in KSHOT_PROTOCOLS:
+            print("\n".join(kshot_table(results)))
+        done.append(
+            {
+                "name": name,
+                "overrides": overrides,
+                "directory": str(eval_dir),
+                "summary": summary_line(results).replace("test ", f"{results['split']} ", 1),
+            }
+        )
+    return done

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -11,7 +13,7 @@ from tqdm.auto import tqdm
 from metanlp_cli.algorithms.base import Algorithm, Learner
 from metanlp_cli.algorithms.finetune import fit_regression_probe
 from metanlp_cli.algorithms.inner_loop import InnerLoop, require_lr
-from metanlp_cli.data.types import EncodedSplit
+from metanlp_cli.data.types import EncodedSplit, Task
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.metrics import accuracy, mean_confidence_interval, task_scores
 from metanlp_cli.sampling import Batch, Episode, EpisodeSampler
@@ -33,13 +35,25 @@ def episode_accuracies(
 
 
 class EpisodicProtocol:
-    """N-way K-shot Q-query episodes on held-out classes, fixed by `seed`: mean accuracy and 95% CI."""
+    """N-way K-shot Q-query episodes on held-out classes, fixed by `seed`: mean accuracy and 95% CI.
+    `folds` (a fold-based class split's `dataset.fold` values) makes `metanlp train` train and test one run
+    per fold and report the mean over them (folds.py)."""
 
     def __init__(
-        self, n_way: int = 5, k_shot: int = 5, q_query: int = 15, episodes: int = 600, seed: int = 2024
+        self,
+        n_way: int = 5,
+        k_shot: int = 5,
+        q_query: int = 15,
+        episodes: int = 600,
+        seed: int = 2024,
+        folds: list[int] | None = None,
     ) -> None:
+        if folds is not None and (not folds or len(set(folds)) < len(folds)):
+            raise MetaNLPError(
+                f"protocol.folds={list(folds)}; allowed: null or a list of distinct folds, e.g. [1,2,3,4,5]"
+            )
         self.n_way, self.k_shot, self.q_query = n_way, k_shot, q_query
-        self.num_episodes, self.seed = episodes, seed
+        self.num_episodes, self.seed, self.folds = episodes, seed, folds
 
     def sampler(self, split: EncodedSplit) -> EpisodeSampler:
         return EpisodeSampler(split, self.n_way, self.k_shot, self.q_query, seed=self.seed, key="protocol")
@@ -99,17 +113,32 @@ class KShotProtocol:
     """LM-BFF / LEOPARD style: for each training set of a task (one per seed), adapt on all its K
     examples per label and score the task's full evaluation split with the task's own metrics;
     report each metric's mean and sample standard deviation over the training sets. A regression
-    task gets a 1-output head fitted with the MSE loss on the encoder's features (`regression_head`)."""
+    task gets a 1-output head fitted with the MSE loss on the encoder's features (`regression_head`).
+
+    A task's main score (what the average over tasks takes) is its `first` declared metric, as LM-BFF
+    reports one per task (MRPC F1, STS-B Pearson), or GLUE's `combined` score (the mean of its metrics)."""
 
     name = "kshot"
+    # Which split of a task is scored for `split=...`, in order of preference (GLUE hides its test labels).
+    evaluation_splits = {"test": ("test", "dev"), "val": ("dev",)}
 
     def __init__(
-        self, batch_size: int = 64, seed: int = 2024, regression_head: InnerLoop = InnerLoop(steps=100, lr=0.01)
+        self,
+        batch_size: int = 64,
+        seed: int = 2024,
+        regression_head: InnerLoop = InnerLoop(steps=100, lr=0.01),
+        score: str = "first",
     ) -> None:
         if batch_size < 1:
             raise MetaNLPError(f"protocol.batch_size={batch_size}; allowed: an integer >= 1")
+        if score not in ("first", "combined"):
+            raise MetaNLPError(f"protocol.score={score!r}; allowed: first, combined")
         require_lr(regression_head, "protocol.regression_head", learned=False)
-        self.batch_size, self.seed, self.regression_head = batch_size, seed, regression_head
+        self.batch_size, self.seed, self.regression_head, self.score = batch_size, seed, regression_head, score
+
+    def training_sets(self, task: Task) -> list[tuple[str, np.ndarray | None]]:
+        """The support sets of a task, as (name, rows of its train split); None = the whole split."""
+        return [(task.name, None)]
 
     def adapt(self, algo: Algorithm, encoder: nn.Module, task: KShotTask) -> Learner:
         with torch.enable_grad():
@@ -125,13 +154,11 @@ class KShotProtocol:
         torch.manual_seed(self.seed)  # for any randomness inside adaptation (fine-tuning's batches)
         algo.eval()
         groups: dict[str, dict] = {}
-        for task in tqdm(tasks, desc="k-shot tasks", leave=False, disable=not progress, dynamic_ncols=True):
+        for task in tqdm(tasks, desc=f"{self.name} tasks", leave=False, disable=not progress, dynamic_ncols=True):
             learner = self.adapt(algo, encoder, task)
             predictions = predict(learner, task.evaluation_inputs, self.batch_size, task.regression)
             scores = task_scores(task.metrics, predictions.cpu().numpy(), task.evaluation_labels.cpu().numpy())
-            support_size = (
-                [len(task.support)] if task.regression else sorted(set(torch.bincount(task.support.labels).tolist()))
-            )
+            per_label = [] if task.regression else sorted(set(torch.bincount(task.support.labels).tolist()))
             group = groups.setdefault(
                 task.group,
                 {
@@ -139,21 +166,86 @@ class KShotProtocol:
                     "regression": task.regression,
                     "evaluation_split": task.evaluation_split,
                     "evaluation_examples": len(task.evaluation_labels),
-                    "support_examples" if task.regression else "k_shot": support_size,
+                    "support_examples": [],
+                    **({} if task.regression else {"k_shot": []}),
                     "training_sets": {},
                 },
             )
+            # The sizes of the training sets (and examples per label): one value each, as a rule.
+            group["support_examples"] = sorted({*group["support_examples"], len(task.support)})
+            if not task.regression:
+                group["k_shot"] = sorted({*group["k_shot"], *per_label})
             group["training_sets"][task.name] = scores
         for group in groups.values():
             runs = list(group["training_sets"].values())
             group["scores"] = {name: mean_confidence_interval([run[name] for run in runs]) for name in runs[0]}
-            group["score"] = group["scores"]["combined" if "combined" in runs[0] else group["metrics"][0]]
+            main = "combined" if self.score == "combined" and "combined" in runs[0] else group["metrics"][0]
+            group["score_metric"] = main
+            group["score"] = group["scores"][main]
         return {
             "protocol": self.name,
             "seed": self.seed,
+            "score": self.score,
             "tasks": groups,
             "average": sum(group["score"]["mean"] for group in groups.values()) / len(groups),
         }
+
+
+def k_shot_rows(labels: Sequence[int] | Sequence[float], k_shot: int, regression: bool, seed: int) -> np.ndarray:
+    """A seeded K-shot sample of a train split's rows: K per label, or 2K examples of a regression task
+    (the size of a binary task's K-shot set). The same seed gives the same rows."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    if regression:
+        if len(labels) < 2 * k_shot:
+            raise ValueError(
+                f"protocol.k_shot={k_shot} needs {2 * k_shot} examples but the train split has {len(labels)}"
+            )
+        return np.sort(rng.choice(len(labels), size=2 * k_shot, replace=False))
+    rows = []
+    for label in np.unique(labels):
+        of_label = np.flatnonzero(labels == label)
+        if len(of_label) < k_shot:
+            raise ValueError(f"protocol.k_shot={k_shot} but label {label} has {len(of_label)} train examples")
+        rows.append(rng.choice(of_label, size=k_shot, replace=False))
+    return np.sort(np.concatenate(rows))
+
+
+class GlueLowResourceProtocol(KShotProtocol):
+    """Dou et al. 2019 style, GLUE-like: for each target task of the collection, adapt on its train split
+    (all of it; or, with `k_shot`, K examples per label sampled per seed of `seeds`) and score its dev
+    split with the task's metrics; report each task (mean and std over the seeds) and the average of the
+    tasks' main scores (GLUE's combined score by default)."""
+
+    name = "glue_lowres"
+    evaluation_splits = {"test": ("dev",)}  # GLUE hides its test labels: scores are on dev, as in the paper
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        seed: int = 2024,
+        regression_head: InnerLoop = InnerLoop(steps=100, lr=0.01),
+        score: str = "combined",
+        k_shot: int | None = None,
+        seeds: list[int] = (1, 2, 3, 4, 5),
+    ) -> None:
+        super().__init__(batch_size, seed, regression_head, score)
+        if k_shot is not None and k_shot < 1:
+            raise MetaNLPError(f"protocol.k_shot={k_shot}; allowed: null (the whole train split) or an integer >= 1")
+        if k_shot is not None and not seeds:
+            raise MetaNLPError("protocol.seeds is empty; with protocol.k_shot give at least one seed")
+        self.k_shot, self.seeds = k_shot, list(seeds)
+
+    def training_sets(self, task: Task) -> list[tuple[str, np.ndarray | None]]:
+        if self.k_shot is None:
+            return [(task.name, None)]
+        try:
+            return [
+                (f"{task.name}-seed{seed}", k_shot_rows(task.train.labels, self.k_shot, task.regression, seed))
+                for seed in self.seeds
+            ]
+        except ValueError as error:
+            raise MetaNLPError(f"task {task.name}: {error}") from None
 
 
 class ArscProtocol(KShotProtocol):

@@ -35,6 +35,19 @@ def summary_line(results: dict) -> str:
     )
 
 
+def evaluations_markdown(results: dict) -> str:
+    """The evaluations run after training (train's `evaluations`), one line each with its folder."""
+    if not results.get("evaluations"):
+        return ""
+    lines = ["", "## Evaluations after training", ""]
+    for evaluation in results["evaluations"]:
+        lines.append(
+            f"- `{evaluation['name']}` (`metanlp eval {' '.join(evaluation['overrides'])}`): {evaluation['summary']}; "
+            f"tables in `eval/{evaluation['name']}/results.md`"
+        )
+    return "\n".join([*lines, ""])
+
+
 def write_results(run_dir: Path, results: dict) -> None:
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     if results.get("protocol") in KSHOT_PROTOCOLS:
@@ -58,19 +71,20 @@ def write_results(run_dir: Path, results: dict) -> None:
             "",
         ]
     )
-    (run_dir / "results.md").write_text(text)
+    (run_dir / "results.md").write_text(text + evaluations_markdown(results))
 
 
 METRIC_LABELS = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
 
 
 # The protocols whose results are tasks scored on their evaluation splits (protocols.KShotProtocol).
-KSHOT_PROTOCOLS = ("kshot", "arsc")
+KSHOT_PROTOCOLS = ("kshot", "arsc", "glue_lowres")
+TITLES = {"kshot": "k-shot", "arsc": "ARSC", "glue_lowres": "GLUE low-resource targets"}
 
 
 def kshot_cell(group: dict) -> str:
     """`91.2 (1.1)`, or `81.0/75.2 (2.1/1.9)` for a task with several metrics, as LM-BFF prints them;
-    the mean alone where a task has one training set (ARSC)."""
+    the mean alone where a task has one training set (ARSC, or GLUE targets adapted on all their data)."""
     scores = [group["scores"][name] for name in group["metrics"]]
     means = "/".join(f"{100 * score['mean']:.1f}" for score in scores)
     if len(group["training_sets"]) == 1:
@@ -80,10 +94,21 @@ def kshot_cell(group: dict) -> str:
 
 
 def support_text(group: dict) -> str:
-    """`K=16 per label`, or `32 examples` for a regression task (a 1-output head fitted with MSE)."""
+    """`K=16 per label`, `8551 examples (2528/6023 per label)` for a whole train split, or `32 examples`
+    for a regression task (a 1-output head fitted with MSE)."""
+    examples = "/".join(map(str, group["support_examples"]))
     if group.get("regression"):
-        return f"{'/'.join(map(str, group['support_examples']))} examples (regression head, MSE)"
-    return f"K={'/'.join(map(str, group['k_shot']))} per label"
+        return f"{examples} examples (regression head, MSE)"
+    if len(group["k_shot"]) > 1:  # a whole train split: its label counts differ
+        return f"{examples} examples ({'/'.join(map(str, group['k_shot']))} per label)"
+    return f"K={group['k_shot'][0]} per label"
+
+
+def score_name(group: dict) -> str:
+    """What a task's main score is: `F1`, or `F1/acc mean` for GLUE's combined score."""
+    if group.get("score_metric", "combined") == "combined" and len(group["metrics"]) > 1:
+        return f"{'/'.join(METRIC_LABELS[m] for m in group['metrics'])} mean"
+    return METRIC_LABELS[group.get("score_metric", group["metrics"][0])]
 
 
 def kshot_summary_line(results: dict) -> str:
@@ -91,15 +116,33 @@ def kshot_summary_line(results: dict) -> str:
     if results["protocol"] == "arsc":
         count = len(results["tasks"])
         return f"test ARSC accuracy per target task: {tasks}; mean over {count} {100 * results['average']:.1f}"
+    if results["protocol"] == "glue_lowres":
+        return f"test GLUE dev scores per target task: {tasks}; average {100 * results['average']:.1f}"
     return f"test k-shot scores (mean (std) over training sets): {tasks}; average {100 * results['average']:.1f}"
 
 
-def kshot_markdown(results: dict) -> str:
-    """A paper-style table: one row (this method), a column per task and the average."""
+def kshot_table(results: dict) -> list[str]:
+    """A paper-style table: one row (this method), a column per task (its metrics) and the average."""
     groups = results["tasks"]
     headers = [f"{name} ({'/'.join(METRIC_LABELS[m] for m in group['metrics'])})" for name, group in groups.items()]
     method = f"{results.get('algo')} ({results.get('backbone')})"
     cells = [kshot_cell(group) for group in groups.values()]
+    return [
+        f"| method | {' | '.join(headers)} | average |",
+        "|---" * (len(headers) + 2) + "|",
+        f"| {method} | {' | '.join(cells)} | {100 * results['average']:.1f} |",
+    ]
+
+
+def evaluated_splits(results: dict) -> str:
+    """`test split`, or the splits actually scored where they differ (`dev splits`: GLUE's hidden test labels)."""
+    scored = sorted({group["evaluation_split"] for group in results["tasks"].values()})
+    return f"{results['split']} split" if scored == [results["split"]] else f"{'/'.join(scored)} splits"
+
+
+def kshot_markdown(results: dict) -> str:
+    groups = results["tasks"]
+    averaged = ", ".join(f"{name} {score_name(group)}" for name, group in groups.items())
     details = [
         f"- {name}: {len(group['training_sets'])} training set{'s' * (len(group['training_sets']) > 1)} "
         f"of {support_text(group)}; "
@@ -107,24 +150,21 @@ def kshot_markdown(results: dict) -> str:
         for name, group in groups.items()
     ]
     if results["protocol"] == "arsc":
-        title = "ARSC"
         note = (
             f"Each cell is the task's accuracy in % on its test file after adapting on its support file; "
             f"the average is the mean over the {len(groups)} target tasks."
         )
     else:
-        title = "k-shot"
         note = (
-            "Each cell is the mean (sample standard deviation) in % over the task's training sets (seeds); "
-            "a task with several metrics lists each, and the average takes their mean (GLUE's combined score)."
+            "Each cell is the task's score in % (the mean (sample standard deviation) over its training sets where "
+            "it has several); a task with several metrics lists each, in the column's order. "
+            f"The average is the mean over the tasks of: {averaged}."
         )
     return "\n".join(
         [
-            f"# Results: {title}, {results['split']} split",
+            f"# Results: {TITLES[results['protocol']]}, {evaluated_splits(results)}",
             "",
-            f"| method | {' | '.join(headers)} | average |",
-            "|---" * (len(headers) + 2) + "|",
-            f"| {method} | {' | '.join(cells)} | {100 * results['average']:.1f} |",
+            *kshot_table(results),
             "",
             note,
             "",

@@ -35,6 +35,7 @@ from metanlp_cli.components import (
 )
 from metanlp_cli.config import TrainerConfig, build, validate
 from metanlp_cli.errors import MetaNLPError, RunInterrupted
+from metanlp_cli.evaluate import check_evaluations, run_evaluations
 from metanlp_cli.metrics import mean_confidence_interval
 from metanlp_cli.protocols import EpisodicProtocol, episode_accuracies
 from metanlp_cli.results import format_score, summary_line, write_results
@@ -100,6 +101,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     torch.manual_seed(trainer.seed)
     if ranks.is_main:  # under torchrun, rank 0 alone writes files
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    evaluations = check_evaluations(cfg.get("evaluations") or [])  # a bad one fails now, not after training
 
     # Data, tokenized once (or read from the cache): the vocabulary comes from the meta-train split only.
     dataset = load_dataset(cfg)
@@ -234,4 +236,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     log.info(summary_line(results))
     print(summary_line(results))
     print(f"results: {run_dir / 'results.md'}")
+    if evaluations:  # "meta-train, then score on many targets" in one command; listed in results.md
+        results["evaluations"] = run_evaluations(evaluations, cfg.paths, run_dir, checkpoint_dir / "best.pt")
+        write_results(run_dir, results)
     return best_val

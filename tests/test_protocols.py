@@ -53,8 +53,11 @@ def test_kshot_scores_each_training_set_and_averages_them_by_hand():
     assert group["scores"]["accuracy"]["mean"] == pytest.approx(0.5)
     assert group["scores"]["accuracy"]["std"] == pytest.approx(np.std([0.6, 0.4], ddof=1))
     assert group["scores"]["f1"]["mean"] == pytest.approx((4 / 6 + 0.4) / 2)
-    assert results["average"] == pytest.approx((19 / 30 + 0.4) / 2)
-    assert group["k_shot"] == [1] and group["evaluation_examples"] == 5
+    assert results["average"] == pytest.approx((4 / 6 + 0.4) / 2)  # the first metric, F1, as LM-BFF reports MRPC
+    assert group["score_metric"] == "f1"
+    assert group["k_shot"] == [1] and group["support_examples"] == [1] and group["evaluation_examples"] == 5
+    combined = KShotProtocol(batch_size=2, score="combined").run(FlipAlgorithm(), nn.Identity(), tasks, "cpu", False)
+    assert combined["average"] == pytest.approx((19 / 30 + 0.4) / 2)  # GLUE's combined score: mean of F1 and acc
 
 
 def linear_targets(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +94,7 @@ def test_kshot_scores_a_regression_task_with_its_correlations():
     results = KShotProtocol().run(FlipAlgorithm(), nn.Identity(), [task], torch.device("cpu"), progress=False)
     group = results["tasks"]["stsb"]
     assert group["scores"]["pearson"]["mean"] > 0.95 and group["scores"]["spearman"]["mean"] > 0.9
-    assert group["support_examples"] == [32] and results["average"] == group["scores"]["combined"]["mean"]
+    assert group["support_examples"] == [32] and results["average"] == group["scores"]["pearson"]["mean"]
     with_mean_only = KShotProtocol(regression_head=InnerLoop(steps=0, lr=0.01))
     constant = with_mean_only.run(FlipAlgorithm(), nn.Identity(), [task], torch.device("cpu"), progress=False)
     assert constant["tasks"]["stsb"]["scores"]["pearson"]["mean"] == 0.0  # a constant prediction: no crash

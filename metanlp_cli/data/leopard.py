@@ -76,6 +76,7 @@ def leopard_tasks(
                 label_names=list(label_names),
                 is_pair=len(text_fields) == 2,
                 metrics=["accuracy"],
+                group=task,
             )
         )
     bad.log_summary()

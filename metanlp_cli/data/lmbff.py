@@ -59,6 +59,7 @@ def lmbff_tasks(
                 is_pair=len(text_columns) == 2,
                 regression=regression,
                 metrics=list(metrics),
+                group=name,
             )
         )
     bad.log_summary()

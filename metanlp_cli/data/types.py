@@ -77,7 +77,8 @@ class ClassSplit:
 @dataclass(frozen=True)
 class Task:
     """One task of a collection. A split is None where the benchmark has none or hides its labels;
-    `label_names` is empty for a regression target; `metrics` are those the benchmark reports."""
+    `label_names` is empty for a regression target; `metrics` are those the benchmark reports, the main one
+    first. The k-shot protocols report the tasks of one `group` together (mean and std over them)."""
 
     name: str
     train: LabeledTexts | None
@@ -87,6 +88,7 @@ class Task:
     is_pair: bool = False
     regression: bool = False
     metrics: list[str] = field(default_factory=lambda: ["accuracy"])
+    group: str = ""  # the benchmark task this is one training set of (`sst2` for `sst2-seed13`); "": its name
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
