@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,28 @@ def episode_accuracies(
     return scores
 
 
+def fixed_encoder_view(
+    algo: Algorithm, split: EncodedSplit, batch_size: int = 256, progress: bool = True
+) -> tuple[Algorithm, EncodedSplit]:
+    """The algorithm and split that evaluation episodes run on: where adapting leaves the encoder as it
+    is (`Algorithm.with_fixed_encoder`), the encoder's output for every row of the split, computed once in
+    eval mode, and the algorithm that reads such features; else both as they are. The same scores, without
+    encoding a row again in every episode that contains it (ProtoNet over a trained transformer layer).
+
+    Only for cached frozen-layer outputs (float inputs: a pretrained encoder's, which masks its padding):
+    token ids go per episode as before, since the word CNN's and BiLSTM's features depend on how wide the
+    padded batch is, and a whole split is wider than an episode."""
+    fixed = algo.with_fixed_encoder()
+    if fixed is None or not split.inputs.is_floating_point():
+        return algo, split
+    encoder, view = fixed
+    algo.eval()
+    chunks = tqdm(split.inputs.split(batch_size), desc=f"encode {split.name}", leave=False, disable=not progress)
+    with torch.no_grad():
+        features = torch.cat([encoder(chunk) for chunk in chunks])
+    return view.to(features.device), dataclasses.replace(split, inputs=features)
+
+
 class EpisodicProtocol:
     """N-way K-shot Q-query episodes on held-out classes, fixed by `seed`: mean accuracy and 95% CI.
     `folds` (a fold-based class split's `dataset.fold` values) makes `metanlp train` train and test one run
@@ -63,6 +86,7 @@ class EpisodicProtocol:
 
     def run(self, algo: Algorithm, split: EncodedSplit, device: torch.device, progress: bool = True) -> dict:
         torch.manual_seed(self.seed)  # for any randomness inside adaptation: `metanlp eval` reproduces it
+        algo, split = fixed_encoder_view(algo, split, progress=progress)
         sampler = self.sampler(split)
         episodes = sampler.episodes(self.num_episodes)
         scores = episode_accuracies(algo, episodes, device, f"{split.name} episodes", progress)

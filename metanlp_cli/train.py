@@ -34,12 +34,13 @@ from metanlp_cli.components import (
     training_texts,
 )
 from metanlp_cli.config import TrainerConfig, build, validate
+from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.errors import MetaNLPError, RunInterrupted
 from metanlp_cli.evaluate import check_evaluations, run_evaluations
 from metanlp_cli.metrics import mean_confidence_interval
-from metanlp_cli.protocols import EpisodicProtocol, episode_accuracies
+from metanlp_cli.protocols import EpisodicProtocol, episode_accuracies, fixed_encoder_view
 from metanlp_cli.results import format_score, summary_line, write_results
-from metanlp_cli.sampling import Episode, episode_seed
+from metanlp_cli.sampling import episode_seed
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def truncate_jsonl(path: Path, step: int) -> None:
 
 def validate_and_checkpoint(
     algo: Algorithm,
-    val_episodes: list[Episode],
+    protocol: EpisodicProtocol,
+    val_split: EncodedSplit,
     trainer: TrainerConfig,
     checkpoint_dir: Path,
     checkpoint: dict,
@@ -78,7 +80,9 @@ def validate_and_checkpoint(
 ) -> tuple[dict, float]:
     """Score the validation episodes, write last.pt (and best.pt if better); returns the score and the best."""
     device = next(algo.parameters()).device
-    val = mean_confidence_interval(episode_accuracies(algo, val_episodes, device, "validate", trainer.progress))
+    view, val_split = fixed_encoder_view(algo, val_split, progress=trainer.progress)  # ProtoNet: encode rows once
+    val_episodes = protocol.episodes(val_split, trainer.val_episodes)  # the same episodes at every validation
+    val = mean_confidence_interval(episode_accuracies(view, val_episodes, device, "validate", trainer.progress))
     state = {
         **checkpoint,
         **training_state(algo, optimizer, step, max(best_val, val["mean"])),
@@ -128,8 +132,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         raise MetaNLPError(
             f"training validates on episodes; protocol={choices.get('protocol', '?')} is for metanlp eval"
         )
-    val_episodes = protocol.episodes(splits["val"], trainer.val_episodes)
-    protocol.sampler(splits["test"])  # fail now, not after training, if the test split cannot hold it
+    for name in ("val", "test"):  # fail now, not after training, if a split cannot hold the protocol's episodes
+        protocol.sampler(splits[name])
     optimizer = outer_optimizer(algo, trainer)
     steps = trainer.steps if optimizer else 0
     start_step, best_val = restore_training_state(cfg.get("resume"), algo, optimizer)
@@ -191,7 +195,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
                 append_jsonl(run_dir / "metrics.jsonl", {"step": step + 1, "meta_loss": meta_loss})
             if ranks.is_main and ((step + 1) % trainer.eval_interval == 0 or step + 1 == steps):
                 val, best_val = validate_and_checkpoint(
-                    algo, val_episodes, trainer, checkpoint_dir, checkpoint, optimizer, step + 1, best_val
+                    algo, protocol, splits["val"], trainer, checkpoint_dir, checkpoint, optimizer, step + 1, best_val
                 )
                 append_jsonl(
                     run_dir / "metrics.jsonl",
@@ -218,7 +222,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         return best_val  # rank 0 alone tests and writes the results
     if steps == 0:
         val, best_val = validate_and_checkpoint(
-            algo, val_episodes, trainer, checkpoint_dir, checkpoint, optimizer, 0, best_val
+            algo, protocol, splits["val"], trainer, checkpoint_dir, checkpoint, optimizer, 0, best_val
         )
         log.info("validation accuracy %s", format_score(val))
 

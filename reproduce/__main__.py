@@ -130,10 +130,12 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
             if (key, setting) not in by_key or (baseline_key, setting) not in by_key:
                 continue
             difference = paired_difference(by_key[(key, setting)], by_key[(baseline_key, setting)])
-            verdict = "beats" if difference["mean"] - difference["ci95"] > 0 else (
-                "is below" if difference["mean"] + difference["ci95"] < 0 else "is not distinguishable from"
+            verdict = (
+                "beats"
+                if difference["mean"] - difference["ci95"] > 0
+                else ("is below" if difference["mean"] + difference["ci95"] < 0 else "is not distinguishable from")
             )
-            lines.append(f"- {setting}, {key}: {signed(difference)} points: meta-training {verdict} the frozen baseline")
+            lines.append(f"- {setting}, {key}: {signed(difference)} points: meta-training {verdict} the baseline")
     if benchmark.published:
         lines += ["", "Against the published numbers:", ""]
     for published in benchmark.published:

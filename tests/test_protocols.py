@@ -230,3 +230,43 @@ def test_protocol_presets_fix_their_episodes_by_seed(preset, compose_config):
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
     episode = protocol.episodes(split, count=1)[0]
     assert (episode.n_way, len(episode.support), len(episode.query)) == (n_way, n_way * k_shot, n_way * q_query)
+
+
+class CountingEncoder(nn.Module):
+    """A float-input encoder (like cached frozen-layer outputs) that counts the rows it encodes."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.layer, self.output_dim, self.rows = nn.Linear(width, 3), 3, 0
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.rows += len(inputs)
+        return torch.tanh(self.layer(inputs))
+
+
+def test_protonet_episodes_on_features_encoded_once_score_as_episodes_encoded_each_time():
+    from metanlp_cli.algorithms.base import LabelSpace
+    from metanlp_cli.algorithms.protonet import ProtoNet
+    from metanlp_cli.data.types import EncodedSplit
+    from metanlp_cli.protocols import EpisodicProtocol, episode_accuracies, fixed_encoder_view
+
+    torch.manual_seed(0)
+    labels = np.repeat(np.arange(4), 12)
+    inputs = torch.randn(len(labels), 6) + torch.from_numpy(labels).float().unsqueeze(1) * 0.3
+    split = EncodedSplit.from_tensors("test", inputs, labels.tolist(), ["a", "b", "c", "d"])
+    encoder = CountingEncoder(6)
+    algo = ProtoNet(encoder, LabelSpace(3, 4), distance="cosine")
+    protocol = EpisodicProtocol(n_way=3, k_shot=2, q_query=4, episodes=20, seed=5)
+
+    per_episode = episode_accuracies(algo, protocol.episodes(split), torch.device("cpu"), progress=False)
+    assert encoder.rows == 20 * 3 * (2 + 4)
+    encoder.rows = 0
+    view, features = fixed_encoder_view(algo, split, batch_size=7, progress=False)
+    assert encoder.rows == len(labels)  # every row once
+    once = episode_accuracies(view, protocol.episodes(features), torch.device("cpu"), progress=False)
+    assert encoder.rows == len(labels)
+    assert np.allclose(once, per_episode)
+    assert protocol.run(algo, split, torch.device("cpu"), progress=False)["episode_accuracies"] == pytest.approx(once)
+    # Token ids are left to the per-episode path (padding-width dependent encoders).
+    token_split = EncodedSplit.from_tensors("test", torch.ones(len(labels), 4, dtype=torch.long), labels, list("abcd"))
+    assert fixed_encoder_view(algo, token_split, progress=False) == (algo, token_split)

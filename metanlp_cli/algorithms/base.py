@@ -78,6 +78,13 @@ class Algorithm(nn.Module):
     def meta_loss(self, learner: Learner, query: Batch) -> torch.Tensor:
         return F.cross_entropy(learner(query.inputs), query.labels)
 
+    def with_fixed_encoder(self) -> tuple[nn.Module, Algorithm] | None:
+        """Where adapting leaves the encoder as it is and only its features are used (ProtoNet): the
+        encoder, and a copy of this algorithm that takes the encoder's features as its inputs. Evaluation
+        then encodes every row of a split once instead of once per episode (`protocols.fixed_encoder_view`).
+        None (the default) where adaptation changes the encoder or reads more than its features."""
+        return None
+
     def meta_batch_losses(self, episodes: Sequence[Episode], seeds: Sequence[int]) -> Iterator[torch.Tensor]:
         """A meta-batch's meta-loss in parts, each the sum of the meta-losses of the episodes it covers;
         the caller backpropagates each part before asking for the next.

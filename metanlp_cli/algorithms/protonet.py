@@ -36,6 +36,17 @@ class Prototypes:
         return prototype_logits(self.encoder(inputs), self.prototypes, self.distance)
 
 
+class FeatureInputs(nn.Module):
+    """The encoder of an algorithm whose inputs are already an encoder's features: the identity."""
+
+    def __init__(self, output_dim: int) -> None:
+        super().__init__()
+        self.output_dim = output_dim
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
 class ProtoNet(Algorithm):
     """`batch_episodes=True` runs the encoder once per meta-batch, over the support and query rows of
     all its episodes (token ids padded to the widest), then splits the features per episode: the same
@@ -53,8 +64,10 @@ class ProtoNet(Algorithm):
         if distance not in ("euclidean", "cosine"):
             raise ValueError(f"algo.distance={distance!r} is not allowed; allowed: euclidean, cosine")
         self.encoder = encoder
-        self.distance = distance
-        self.batch_episodes = batch_episodes
+        self.label_space, self.distance, self.batch_episodes = label_space, distance, batch_episodes
+
+    def with_fixed_encoder(self) -> tuple[nn.Module, ProtoNet]:
+        return self.encoder, ProtoNet(FeatureInputs(self.encoder.output_dim), self.label_space, self.distance)
 
     def adapt(self, support: Batch) -> Prototypes:
         n_way = len(support.classes)
