@@ -5,6 +5,7 @@ Reads top to bottom; every building block lives in its own module.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -36,11 +37,15 @@ from metanlp_cli.components import (
 from metanlp_cli.config import TrainerConfig, build, validate
 from metanlp_cli.errors import MetaNLPError, RunInterrupted
 from metanlp_cli.metrics import mean_confidence_interval
-from metanlp_cli.protocols import EpisodicProtocol, episode_accuracies
+from metanlp_cli.protocols import EpisodicProtocol, episode_scores, score_name
 from metanlp_cli.results import format_score, summary_line, write_results
 from metanlp_cli.sampling import Episode, episode_seed
 
 log = logging.getLogger(__name__)
+
+# Unlike cross-entropy, whose gradient saturates, the MSE inner loop diverges once lr exceeds about
+# 1 / (the features' squared norm): ~0.003 for the word CNN at initialisation (README, Regression).
+REGRESSION_HINT = " (regression tasks: the MSE inner loop needs a smaller rate, e.g. 0.001 with backbone=cnn)"
 
 
 def outer_optimizer(algo: Algorithm, trainer: TrainerConfig) -> torch.optim.Optimizer | None:
@@ -75,13 +80,19 @@ def validate_and_checkpoint(
     step: int,
     best_val: float,
 ) -> tuple[dict, float]:
-    """Score the validation episodes, write last.pt (and best.pt if better); returns the score and the best."""
+    """Score the validation episodes, write last.pt (and best.pt if better); returns the score and the best.
+
+    The score is the mean of the episodes' scores (`protocols.episode_score`): accuracy, or a regression
+    episode's metric (Pearson) where a task collection has regression tasks. Both are at most 1 and
+    higher is better, so one mean ranks checkpoints; it is named after its metric (`score` when mixed).
+    """
     device = next(algo.parameters()).device
-    val = mean_confidence_interval(episode_accuracies(algo, val_episodes, device, "validate", trainer.progress))
+    val = mean_confidence_interval(episode_scores(algo, val_episodes, device, "validate", trainer.progress))
     state = {
         **checkpoint,
         **training_state(algo, optimizer, step, max(best_val, val["mean"])),
-        "val_accuracy": val["mean"],
+        "val_accuracy": val["mean"],  # the validation score, whatever its metric (`val_metric`)
+        "val_metric": score_name(val_episodes),
     }
     save_checkpoint(checkpoint_dir / "last.pt", state)
     if val["mean"] > best_val:
@@ -90,9 +101,10 @@ def validate_and_checkpoint(
 
 
 def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
-    """Meta-train, keep the best checkpoint by validation accuracy, score it on the test protocol.
+    """Meta-train, keep the best checkpoint by validation score, score it on the test protocol.
 
-    Returns the best validation accuracy (what a hyper-parameter search maximises).
+    Returns the best validation score (what a hyper-parameter search maximises): the accuracy, or
+    where the validation episodes include regression ones, see `validate_and_checkpoint`.
     """
     trainer = validate(cfg.trainer, TrainerConfig, "trainer")
     ranks = distributed.start(trainer.distributed, resolve_device(trainer.device), trainer.meta_batch_size)
@@ -106,15 +118,17 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     tokenizer = build(cfg.backbone.tokenizer, "backbone.tokenizer").fit(training_texts(dataset))
     splits, seconds = encode_splits(tokenizer, dataset, ("train", "val", "test"), device, cfg.paths.get("cache_dir"))
     log.info(
-        "%s: %s classes (train/val/test), vocabulary %d, tokenized in %.2fs",
+        "%s: %s classes and %s regression tasks (train/val/test), vocabulary %d, tokenized in %.2fs",
         dataset.name,
         "/".join(str(len(splits[name].class_names)) for name in ("train", "val", "test")),
+        "/".join(str(sum(task.regression for task in splits[name].tasks)) for name in ("train", "val", "test")),
         tokenizer.vocab_size,
         seconds,
     )
 
     # Model, episodes, optimizer. Validation and test episodes are fixed by the protocol's seed.
-    label_space = LabelSpace(cfg.sampler.n_way, len(splits["train"].class_names))
+    regression = any(task.regression for task in splits["train"].tasks)
+    label_space = LabelSpace(cfg.sampler.n_way, len(splits["train"].class_names), regression)
     encoder = build_encoder(cfg, tokenizer.vocab_size)
     algo = build_algorithm(cfg, encoder, label_space).to(device)
     splits, seconds = cache_frozen_features(encoder, splits, trainer.progress)
@@ -127,6 +141,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
             f"training validates on episodes; protocol={choices.get('protocol', '?')} is for metanlp eval"
         )
     val_episodes = protocol.episodes(splits["val"], trainer.val_episodes)
+    val_name = score_name(val_episodes)  # accuracy; pearson (regression tasks); score (the two mixed)
     protocol.sampler(splits["test"])  # fail now, not after training, if the test split cannot hold it
     optimizer = outer_optimizer(algo, trainer)
     steps = trainer.steps if optimizer else 0
@@ -148,7 +163,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         "config": OmegaConf.to_container(cfg, resolve=False),
         "choices": choices,
         "tokenizer": tokenizer.state_dict(),
-        "label_space": {"n_way": label_space.n_way, "num_train_classes": label_space.num_train_classes},
+        "label_space": dataclasses.asdict(label_space),
     }
     if ranks.is_main:
         truncate_jsonl(run_dir / "metrics.jsonl", start_step)
@@ -179,7 +194,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
             if not (math.isfinite(meta_loss) and math.isfinite(gradient_norm)):
                 raise MetaNLPError(
                     f"meta-loss became {meta_loss} (gradient norm {gradient_norm:.3g}) at step {step + 1}; lower "
-                    f"trainer.outer_lr or algo.inner_train.lr (last good checkpoint: {checkpoint_dir / 'last.pt'})"
+                    f"trainer.outer_lr or algo.inner_train.lr{REGRESSION_HINT if regression else ''} "
+                    f"(last good checkpoint: {checkpoint_dir / 'last.pt'})"
                 )
             optimizer.step()
             train_seconds += time.perf_counter() - started
@@ -194,13 +210,13 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
                     run_dir / "metrics.jsonl",
                     {
                         "step": step + 1,
-                        "val_accuracy": val["mean"],
+                        f"val_{val_name}": val["mean"],
                         "val_ci95": val["ci95"],
                         "episodes_per_s": (step + 1 - start_step) * trainer.meta_batch_size / train_seconds,
                     },
                 )
                 progress.set_postfix(loss=f"{meta_loss:.3f}", val=format_score(val))
-                log.info("step %d: meta-loss %.4f, validation accuracy %s", step + 1, meta_loss, format_score(val))
+                log.info("step %d: meta-loss %.4f, validation %s %s", step + 1, meta_loss, val_name, format_score(val))
             if ranks.any(stop.requested):
                 if ranks.is_main:
                     state = {**checkpoint, **training_state(algo, optimizer, step + 1, best_val)}
@@ -217,9 +233,9 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         val, best_val = validate_and_checkpoint(
             algo, val_episodes, trainer, checkpoint_dir, checkpoint, optimizer, 0, best_val
         )
-        log.info("validation accuracy %s", format_score(val))
+        log.info("validation %s %s", val_name, format_score(val))
 
-    # Test: the best checkpoint by validation accuracy, on the protocol's fixed test episodes.
+    # Test: the best checkpoint by validation score, on the protocol's fixed test episodes.
     algo.load_state_dict(load_checkpoint(checkpoint_dir / "best.pt")["model"])
     results = protocol.run(algo, splits["test"], device, trainer.progress)
     results.update(
@@ -227,7 +243,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         algo=choices.get("algo"),
         backbone=choices.get("backbone"),
         checkpoint=str(checkpoint_dir / "best.pt"),
-        best_val_accuracy=best_val,
+        **{f"best_val_{val_name}": best_val},
     )
     write_results(run_dir, results)
     log.info(summary_line(results))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metanlp_cli.algorithms.base import Algorithm
-from metanlp_cli.algorithms.finetune import fit_regression_probe
+from metanlp_cli.algorithms.finetune import fit_linear_probe
 from metanlp_cli.algorithms.inner_loop import InnerLoop
 from metanlp_cli.config import build
 from metanlp_cli.protocols import ArscProtocol, KShotProtocol, KShotTask
@@ -67,7 +67,7 @@ def linear_targets(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_the_regression_head_fits_what_least_squares_fits():
     features, targets = linear_targets(64, seed=0)
-    probe = fit_regression_probe(nn.Identity(), features, targets, InnerLoop(steps=500, lr=0.05))
+    probe = fit_linear_probe(nn.Identity(), Batch(features, targets, torch.arange(0)), InnerLoop(steps=500, lr=0.05))
     design = np.hstack([features.numpy(), np.ones((64, 1))])
     solution, *_ = np.linalg.lstsq(design, targets.numpy(), rcond=None)
     assert probe(features).shape == (64, 1)

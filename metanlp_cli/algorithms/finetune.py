@@ -1,5 +1,11 @@
 """The transfer baseline: supervised training on all meta-train classes, then a fresh linear head
-fitted on each episode's support features (the encoder stays frozen at adaptation)."""
+fitted on each episode's support features (the encoder stays frozen at adaptation).
+
+Regression tasks among the meta-train tasks (STS-B) share one extra output after the class logits,
+trained with the MSE loss on their episodes' targets: one output, not one per regression task, since
+the collections here have one regression target (GLUE's STS-B; LM-BFF's STS-B seeds are one task).
+At adaptation a regression episode gets a fresh 1-output head like any other.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace
+from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace, task_loss
 from metanlp_cli.algorithms.inner_loop import InnerLoop, require_lr, support_subset
 from metanlp_cli.sampling import Batch
 
@@ -32,47 +38,42 @@ class LinearProbe:
         return F.linear(self.encoder(inputs), self.weight, self.bias)
 
 
-def episode_examples(support: Batch, query: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Support and query rows of an episode as one supervised batch, with split-level class ids."""
+def episode_examples(support: Batch, query: Batch, num_classes: int) -> Batch:
+    """Support and query rows of an episode as one supervised batch over the meta-train label space:
+    labels are split-level class ids (of `num_classes`), or the float targets of a regression episode."""
     inputs = [support.inputs, query.inputs]
     if not inputs[0].is_floating_point():  # token ids: pad to the longer of the two
         width = max(x.shape[1] for x in inputs)
         inputs = [F.pad(x, (0, width - x.shape[1])) for x in inputs]
+    if support.is_regression:
+        return Batch(torch.cat(inputs), torch.cat([support.labels, query.labels]), support.classes)
     labels = torch.cat([support.classes[support.labels], query.classes[query.labels]])
-    return torch.cat(inputs), labels
+    return Batch(torch.cat(inputs), labels, torch.arange(num_classes, device=labels.device))
+
+
+def supervised_outputs(logits: torch.Tensor, batch: Batch, num_classes: int) -> torch.Tensor:
+    """The supervised head's columns a batch is scored on: the class logits, or the regression output."""
+    return logits[:, num_classes:] if batch.is_regression else logits[:, :num_classes]
 
 
 def fit_linear_probe(encoder: nn.Module, support: Batch, loop: InnerLoop) -> LinearProbe:
-    """A zero-initialised N-way head fitted by Adam (`loop.lr`, `loop.steps`) on frozen support features."""
+    """A zero-initialised head fitted by Adam (`loop.lr`, `loop.steps`) on frozen support features:
+    N-way for a classification episode; for a regression one (STS-B) 1 output whose bias starts at
+    the mean support target, fitted with the MSE loss (`task_loss`)."""
     with torch.no_grad():
         features = encoder(support.inputs)
-    n_way = len(support.classes)
-    weight = features.new_zeros(n_way, features.shape[1], requires_grad=True)
-    bias = features.new_zeros(n_way, requires_grad=True)
+    outputs = 1 if support.is_regression else len(support.classes)
+    weight = features.new_zeros(outputs, features.shape[1], requires_grad=True)
+    bias = features.new_zeros(outputs)
+    if support.is_regression:
+        bias = support.labels.mean().reshape(1).to(features.dtype)
+    bias.requires_grad_()
     optimizer = torch.optim.Adam([weight, bias], lr=loop.lr)
     examples = Batch(features, support.labels, support.classes)
     for _ in range(loop.steps):
         batch = support_subset(examples, loop.support_batch_size)
         optimizer.zero_grad()
-        F.cross_entropy(F.linear(batch.inputs, weight, bias), batch.labels).backward()
-        optimizer.step()
-    return LinearProbe(encoder, weight.detach(), bias.detach())
-
-
-def fit_regression_probe(
-    encoder: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loop: InnerLoop
-) -> LinearProbe:
-    """A zero-initialised 1-output head (bias starting at the mean target) fitted by Adam with the MSE
-    loss on frozen features: the regression head of an STS-B-like task. Its learner outputs [examples, 1]."""
-    with torch.no_grad():
-        features = encoder(inputs)
-    weight = features.new_zeros(1, features.shape[1], requires_grad=True)
-    bias = targets.mean().reshape(1).to(features.dtype).requires_grad_()
-    optimizer = torch.optim.Adam([weight, bias], lr=loop.lr)
-    for _ in range(loop.steps):
-        rows = torch.randperm(len(targets), device=targets.device)[: loop.support_batch_size or len(targets)]
-        optimizer.zero_grad()
-        F.mse_loss(F.linear(features[rows], weight, bias).squeeze(-1), targets[rows]).backward()
+        task_loss(F.linear(batch.inputs, weight, bias), batch).backward()
         optimizer.step()
     return LinearProbe(encoder, weight.detach(), bias.detach())
 
@@ -89,7 +90,8 @@ class FineTune(Algorithm):
     ) -> None:
         super().__init__()
         require_lr(inner_eval, "inner_eval", learned=False)
-        self.model = Classifier(encoder, label_space.num_train_classes)
+        self.num_classes = label_space.num_train_classes
+        self.model = Classifier(encoder, self.num_classes + label_space.regression)
         self.inner_eval = inner_eval
 
     def adapt(self, support: Batch) -> SupervisedLearner | LinearProbe:
@@ -98,6 +100,7 @@ class FineTune(Algorithm):
         return fit_linear_probe(self.model.encoder, support, self.inner_eval)
 
     def meta_loss(self, learner: SupervisedLearner, query: Batch) -> torch.Tensor:
-        """Cross-entropy over all meta-train classes on the whole episode (support and query)."""
-        inputs, labels = episode_examples(learner.support, query)
-        return F.cross_entropy(learner(inputs), labels)
+        """Cross-entropy over all meta-train classes on the whole episode (support and query); the MSE
+        of the regression output for a regression episode."""
+        batch = episode_examples(learner.support, query, self.num_classes)
+        return task_loss(supervised_outputs(learner(batch.inputs), batch, self.num_classes), batch)

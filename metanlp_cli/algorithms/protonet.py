@@ -1,4 +1,9 @@
-"""Prototypical Networks (Snell et al. 2017): classify by distance to class means of the support."""
+"""Prototypical Networks (Snell et al. 2017): classify by distance to class means of the support.
+
+A regression episode has no classes to average: the query's predicted target is a kernel regression
+on the same metric, sum_j softmax_j(similarity(x, s_j)) y_j over the support examples s_j with
+targets y_j (a Nadaraya-Watson estimate; similarity is -||x - s_j||^2, or 10 cos(x, s_j)).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,13 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> tor
     return sums / counts
 
 
+def similarities(features: torch.Tensor, references: torch.Tensor, distance: str) -> torch.Tensor:
+    """[examples, references]: negative squared euclidean distance, or cosine similarity times 10."""
+    if distance == "cosine":
+        return 10.0 * F.normalize(features, dim=1) @ F.normalize(references, dim=1).T
+    return -torch.cdist(features, references).pow(2)
+
+
 class Prototypes:
     """A learner: logits are negative distances from encoded inputs to the class prototypes."""
 
@@ -24,10 +36,19 @@ class Prototypes:
         self.encoder, self.prototypes, self.distance = encoder, prototypes, distance
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(inputs)
-        if self.distance == "cosine":
-            return 10.0 * F.normalize(features, dim=1) @ F.normalize(self.prototypes, dim=1).T
-        return -torch.cdist(features, self.prototypes).pow(2)
+        return similarities(self.encoder(inputs), self.prototypes, self.distance)
+
+
+class KernelRegression:
+    """A learner for a regression episode: [examples, 1] targets predicted as the softmax-weighted
+    mean of the support targets, weighted by similarity to each support example."""
+
+    def __init__(self, encoder: nn.Module, support_features: torch.Tensor, targets: torch.Tensor, distance: str):
+        self.encoder, self.support_features, self.targets, self.distance = encoder, support_features, targets, distance
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        weights = similarities(self.encoder(inputs), self.support_features, self.distance).softmax(dim=1)
+        return (weights @ self.targets).unsqueeze(1)
 
 
 class ProtoNet(Algorithm):
@@ -38,6 +59,8 @@ class ProtoNet(Algorithm):
         self.encoder = encoder
         self.distance = distance
 
-    def adapt(self, support: Batch) -> Prototypes:
-        n_way = len(support.classes)
-        return Prototypes(self.encoder, class_means(self.encoder(support.inputs), support.labels, n_way), self.distance)
+    def adapt(self, support: Batch) -> Prototypes | KernelRegression:
+        features = self.encoder(support.inputs)
+        if support.is_regression:
+            return KernelRegression(self.encoder, features, support.labels, self.distance)
+        return Prototypes(self.encoder, class_means(features, support.labels, len(support.classes)), self.distance)
