@@ -45,7 +45,10 @@ log = logging.getLogger(__name__)
 
 # Unlike cross-entropy, whose gradient saturates, the MSE inner loop diverges once lr exceeds about
 # 1 / (the features' squared norm): ~0.003 for the word CNN at initialisation (README, Regression).
-REGRESSION_HINT = " (regression tasks: the MSE inner loop needs a smaller rate, e.g. 0.001 with backbone=cnn)"
+REGRESSION_HINT = (
+    " (regression tasks: the MSE inner loop needs a much smaller inner rate, algo.inner_train.lr or algo.init_lr,"
+    " e.g. 0.001 with backbone=cnn)"
+)
 
 
 def outer_optimizer(algo: Algorithm, trainer: TrainerConfig) -> torch.optim.Optimizer | None:

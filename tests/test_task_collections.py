@@ -27,7 +27,8 @@ def texts(prefix: str, label_names: list[str], per_class: int) -> LabeledTexts:
 
 def regression_texts(prefix: str, count: int) -> LabeledTexts:
     """STS-B-like rows with targets 0, 0.125, ..., in order."""
-    return LabeledTexts([f"{prefix} s{i} word" for i in range(count)], [i / 8 for i in range(count)], [], f"{prefix}.tsv")
+    texts = [f"{prefix} s{i} word" for i in range(count)]
+    return LabeledTexts(texts, [i / 8 for i in range(count)], [], f"{prefix}.tsv")
 
 
 def collection() -> TaskCollection:
@@ -47,8 +48,8 @@ def test_phases_read_the_documented_splits():
         phase: [(task, split) for task, split, _ in collection().episode_parts(phase)]
         for phase in ("train", "val", "test")
     }
-    expected = {"train": [("a", "train"), ("b", "train"), ("r", "train")], "val": [("t", "dev")], "test": [("t", "dev")]}
-    assert parts == expected  # the regression task r takes part in episodes too
+    train_parts = [("a", "train"), ("b", "train"), ("r", "train")]  # the regression task r takes part too
+    assert parts == {"train": train_parts, "val": [("t", "dev")], "test": [("t", "dev")]}
     everyone = TaskCollection("all", collection().tasks[:2])  # no division: every task in every phase
     assert [(t, s) for t, s, _ in everyone.episode_parts("val")] == [("a", "dev"), ("b", "train")]
     assert [(t, s) for t, s, _ in everyone.episode_parts("test")] == [("a", "test")]  # never b's train split
