@@ -22,6 +22,11 @@ def episode_score(outputs: torch.Tensor, query: Batch, metric: str) -> float:
     episode's `metric` (its task's first: Pearson for STS-B; 0 for a constant prediction)."""
     if not query.is_regression:
         return accuracy(outputs, query.labels)
+    if not outputs.isfinite().all():  # a diverged MSE inner loop: a score of it would be silently 0
+        raise MetaNLPError(
+            "a regression episode's predictions are not finite: the MSE inner loop diverged; lower "
+            "algo.inner_eval.lr (algo.init_lr for metasgd and metalstm), e.g. 0.001 with backbone=cnn"
+        )
     return task_scores([metric], outputs.squeeze(-1).cpu().numpy(), query.labels.cpu().numpy())[metric]
 
 

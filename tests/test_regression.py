@@ -280,3 +280,9 @@ def test_every_algorithm_trains_and_tests_on_a_regression_task(algo, stsb_like_r
     assert results["pearson"]["count"] == 10 and len(results["episode_pearson"]) == 10
     assert all(-1.0 <= score <= 1.0 for score in results["episode_pearson"])
     assert "val_pearson" in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_diverged_regression_predictions_are_a_clear_error_not_a_score_of_0():
+    query = Batch(torch.zeros(3, 1), torch.tensor([0.0, 1.0, 2.0]), NO_CLASSES)
+    with pytest.raises(MetaNLPError, match="predictions are not finite: the MSE inner loop diverged; lower algo"):
+        episode_score(torch.tensor([[1.0], [math.inf], [2.0]]), query, "pearson")
