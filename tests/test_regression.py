@@ -286,3 +286,12 @@ def test_diverged_regression_predictions_are_a_clear_error_not_a_score_of_0():
     query = Batch(torch.zeros(3, 1), torch.tensor([0.0, 1.0, 2.0]), NO_CLASSES)
     with pytest.raises(MetaNLPError, match="predictions are not finite: the MSE inner loop diverged; lower algo"):
         episode_score(torch.tensor([[1.0], [math.inf], [2.0]]), query, "pearson")
+
+
+def test_the_validation_score_is_named_after_its_metric_or_score_where_kinds_mix():
+    parts = [classification_part("cls", 20, 1), regression_part("sts", 60, 41)]
+    split = EncodedSplit.from_parts("val", parts, fixed_tasks=True)
+    episodes = EpisodeSampler(split, n_way=2, k_shot=3, q_query=4, seed=2).episodes(20)
+    assert score_name(episodes) == "score"
+    assert score_name([e for e in episodes if e.metric == "accuracy"]) == "accuracy"
+    assert score_name([e for e in episodes if e.metric == "pearson"]) == "pearson"
