@@ -56,7 +56,8 @@ def score_name(episodes: list[Episode]) -> str:
 def scores_by_metric(episodes: list[Episode], scores: list[float]) -> dict:
     """results.json's scores, one entry per metric the episodes are scored with: `accuracy` and
     `episode_accuracies` for the classification episodes (with their `chance`), and e.g. `pearson`
-    and `episode_pearson` for the regression ones (chance 0), each a mean with its 95% CI."""
+    and `episode_pearson` for the regression ones (chance 0; their sizes in `regression_examples`),
+    each a mean with its 95% CI."""
     results = {}
     for metric in sorted({episode.metric for episode in episodes}):
         chosen = [(e, score) for e, score in zip(episodes, scores, strict=True) if e.metric == metric]
@@ -66,6 +67,10 @@ def scores_by_metric(episodes: list[Episode], scores: list[float]) -> dict:
             results["accuracy"], results["episode_accuracies"] = mean_confidence_interval(values), values
         else:
             results[metric], results[f"episode_{metric}"] = mean_confidence_interval(values), values
+            results["regression_examples"] = {  # N x K and N x Q (less where a small task caps the query)
+                "support": sorted({len(e.support) for e, _ in chosen}),
+                "query": sorted({len(e.query) for e, _ in chosen}),
+            }
     return results
 
 

@@ -34,8 +34,8 @@ def regression_metrics(results: dict) -> list[str]:
 
 def regression_examples_text(results: dict) -> str:
     """`25 support / 75 query examples`: a regression episode is as large as an N-way one."""
-    n_way = results["n_way"] if isinstance(results["n_way"], int) else max(results["n_way"])
-    return f"{n_way * results['k_shot']} support / {n_way * results['q_query']} query examples"
+    sizes = results["regression_examples"]
+    return " / ".join(f"{','.join(map(str, sizes[part]))} {part}" for part in ("support", "query")) + " examples"
 
 
 def summary_line(results: dict) -> str:

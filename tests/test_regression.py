@@ -25,7 +25,8 @@ from metanlp_cli.algorithms.protonet import ProtoNet
 from metanlp_cli.backbones.cnn import WordCNN
 from metanlp_cli.data.types import EncodedSplit, LabeledTexts
 from metanlp_cli.errors import MetaNLPError
-from metanlp_cli.protocols import episode_score, episode_scores, score_name
+from metanlp_cli.protocols import episode_score, episode_scores, score_name, scores_by_metric
+from metanlp_cli.results import summary_line, write_results
 from metanlp_cli.sampling import Batch, EpisodeSampler
 from tests.conftest import KEYWORDS, VOCAB_SIZE, meta_train
 
@@ -295,3 +296,23 @@ def test_the_validation_score_is_named_after_its_metric_or_score_where_kinds_mix
     assert score_name(episodes) == "score"
     assert score_name([e for e in episodes if e.metric == "accuracy"]) == "accuracy"
     assert score_name([e for e in episodes if e.metric == "pearson"]) == "pearson"
+
+
+def test_results_name_each_metric_and_count_chance_over_the_classification_episodes_only(tmp_path):
+    parts = [classification_part("cls", 20, 1), regression_part("sts", 60, 41)]
+    split = EncodedSplit.from_parts("test", parts, fixed_tasks=True)
+    episodes = EpisodeSampler(split, n_way=5, k_shot=2, q_query=3, seed=2).episodes(20)
+    metrics = [e.metric for e in episodes]
+    scores = [0.5 if metric == "accuracy" else 0.25 for metric in metrics]
+    results = {"split": "test", "n_way": 2, "k_shot": 2, "q_query": 3, "episodes": 20}
+    results.update(scores_by_metric(episodes, scores), dataset="d", algo="a", backbone="b")
+    count = metrics.count("pearson")
+    assert 2 <= count <= 18 and results["chance"] == 0.5  # 2-way classification episodes only
+    assert results["episode_pearson"] == [0.25] * count and results["episode_accuracies"] == [0.5] * (20 - count)
+    assert results["regression_examples"] == {"support": [10], "query": [15]}  # N = 5 for a regression task
+    classification = f"test accuracy 50.00 +/- 0.00 (95% CI, {20 - count} episodes, 2-way 2-shot, chance 50.0)"
+    regression = f"test pearson 25.00 +/- 0.00 (95% CI, {count} regression episodes, 10 support / 15 query examples"
+    assert summary_line(results) == f"{classification}; {regression}, chance 0.0)"
+    write_results(tmp_path, results)
+    row = f"| d | a | b | {count} | 10 support / 15 query examples | 25.00 +/- 0.00 |"
+    assert row in (tmp_path / "results.md").read_text()

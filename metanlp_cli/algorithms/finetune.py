@@ -91,7 +91,7 @@ class FineTune(Algorithm):
         super().__init__()
         require_lr(inner_eval, "inner_eval", learned=False)
         self.num_classes = label_space.num_train_classes
-        self.model = Classifier(encoder, self.num_classes + label_space.regression)
+        self.model = Classifier(encoder, self.num_classes + int(label_space.regression))
         self.inner_eval = inner_eval
 
     def adapt(self, support: Batch) -> SupervisedLearner | LinearProbe:

@@ -43,7 +43,7 @@ class MultiTask(Algorithm):
             )
         require_lr(inner_eval, "inner_eval", learned=False)
         self.num_classes = classes
-        self.model = Classifier(encoder, classes + label_space.regression)
+        self.model = Classifier(encoder, classes + int(label_space.regression))
         self.inner_eval = inner_eval
         groups = torch.arange(classes) * num_groups // max(classes, 1)
         self.register_buffer("group_of_class", groups, persistent=False)
