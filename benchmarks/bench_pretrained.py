@@ -15,7 +15,7 @@ from metanlp_cli.backbones.pretrained import PretrainedEncoder, PretrainedTokeni
 from metanlp_cli.components import cache_frozen_features
 from metanlp_cli.data.builtin import chatterbot_topics
 from metanlp_cli.data.types import EncodedSplit
-from metanlp_cli.protocols import episode_accuracies
+from metanlp_cli.protocols import episode_scores
 from metanlp_cli.sampling import EpisodeSampler
 
 UNCACHED_EPISODES = 30
@@ -43,12 +43,12 @@ def main() -> str:
         sampler = EpisodeSampler(split, 5, 5, 5, seed=2024)
         print(f"   {attention}: {UNCACHED_EPISODES} episodes through the encoder", flush=True)
         uncached, uncached_seconds = timed(
-            lambda: episode_accuracies(algo, sampler.episodes(UNCACHED_EPISODES), cpu, progress=False)  # noqa: B023
+            lambda: episode_scores(algo, sampler.episodes(UNCACHED_EPISODES), cpu, progress=False)  # noqa: B023
         )
         cached_splits, cache_seconds = cache_frozen_features(encoder, {"test": split}, progress=False)
         cached_sampler = EpisodeSampler(cached_splits["test"], 5, 5, 5, seed=2024)
         cached, cached_seconds = timed(
-            lambda: episode_accuracies(algo, cached_sampler.episodes(CACHED_EPISODES), cpu, progress=False)  # noqa: B023
+            lambda: episode_scores(algo, cached_sampler.episodes(CACHED_EPISODES), cpu, progress=False)  # noqa: B023
         )
         same = max(abs(a - b) for a, b in zip(uncached, cached, strict=False)) == 0.0
         rows.append(

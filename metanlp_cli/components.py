@@ -71,7 +71,8 @@ def encode_splits(
                 cached[from_cache] += 1
             tensors.append((task, texts, seen[id(texts)]))
         fixed_tasks = isinstance(dataset, TaskCollection)
-        encoded[name] = EncodedSplit.from_parts(name, tensors, fixed_tasks).to(device)
+        metrics = {task.name: task.metrics[0] for task in getattr(dataset, "tasks", []) if task.regression}
+        encoded[name] = EncodedSplit.from_parts(name, tensors, fixed_tasks, metrics).to(device)
     seconds = time.perf_counter() - start
     if cache_dir is not None:
         log.info(
@@ -88,12 +89,12 @@ def log_phase_splits(phase: str, parts: list[tuple[str, str, object]]) -> None:
 
 
 def no_episodes_message(dataset: Dataset, phase: str) -> str:
-    regression = [task.name for task in getattr(dataset, "tasks", []) if task.regression]
-    named = ", ".join(regression[:2]) + (f" and {len(regression) - 2} more" if len(regression) > 2 else "")
-    has = "has" if len(regression) == 1 else "have"
-    reason = f" ({named} {has} regression targets; episodes need class labels)" if regression else ""
+    """Why a phase has no episodes: none of its tasks (classification or regression) has the split it reads."""
     splits = " or ".join(PHASE_SPLITS[phase])
-    return f"dataset {dataset.name} has no classification task with a {splits} split for the {phase} episodes{reason}"
+    names = [task.name for task in getattr(dataset, "phase_tasks", lambda _: [])(phase)]
+    named = ", ".join(names[:2]) + (f" and {len(names) - 2} more" if len(names) > 2 else "")
+    tasks = f" (tasks: {named})" if names else ""
+    return f"dataset {dataset.name} has no task with a {splits} split for the {phase} episodes{tasks}"
 
 
 def build_encoder(cfg: DictConfig, vocab_size: int) -> nn.Module:

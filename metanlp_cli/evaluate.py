@@ -65,7 +65,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         algo=choices.get("algo"),
         backbone=choices.get("backbone"),
         checkpoint=str(cfg.checkpoint),
-        best_val_accuracy=checkpoint.get("val_accuracy"),
+        **{f"best_val_{checkpoint.get('val_metric', 'accuracy')}": checkpoint.get("val_accuracy")},
     )
     write_results(run_dir, results)
     print(summary_line(results).replace("test ", f"{cfg.split} ", 1))

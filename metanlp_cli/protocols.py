@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from metanlp_cli.algorithms.base import Algorithm, Learner
-from metanlp_cli.algorithms.finetune import fit_regression_probe
+from metanlp_cli.algorithms.finetune import fit_linear_probe
 from metanlp_cli.algorithms.inner_loop import InnerLoop, require_lr
 from metanlp_cli.data.types import EncodedSplit, Task
 from metanlp_cli.errors import MetaNLPError
@@ -20,10 +20,24 @@ from metanlp_cli.metrics import accuracy, mean_confidence_interval, task_scores
 from metanlp_cli.sampling import Batch, Episode, EpisodeSampler
 
 
-def episode_accuracies(
+def episode_score(outputs: torch.Tensor, query: Batch, metric: str) -> float:
+    """A query set's score: the accuracy of a classification episode's logits, or a regression
+    episode's `metric` (its task's first: Pearson for STS-B; 0 for a constant prediction)."""
+    if not query.is_regression:
+        return accuracy(outputs, query.labels)
+    if not outputs.isfinite().all():  # a diverged MSE inner loop: a score of it would be silently 0
+        raise MetaNLPError(
+            "a regression episode's predictions are not finite: the MSE inner loop diverged; lower "
+            "algo.inner_eval.lr (algo.init_lr for metasgd and metalstm), e.g. 0.001 with backbone=cnn"
+        )
+    return task_scores([metric], outputs.squeeze(-1).cpu().numpy(), query.labels.cpu().numpy())[metric]
+
+
+def episode_scores(
     algo: Algorithm, episodes: list[Episode], device: torch.device, description: str = "eval", progress: bool = True
 ) -> list[float]:
-    """Adapt on each support set (with gradients where the algorithm needs them), score the query."""
+    """Adapt on each support set (with gradients where the algorithm needs them), score the query
+    (`episode_score`: accuracy, or the regression metric of a regression episode)."""
     algo.eval()
     scores = []
     for episode in tqdm(episodes, desc=description, leave=False, disable=not progress, dynamic_ncols=True):
@@ -31,7 +45,7 @@ def episode_accuracies(
         with torch.enable_grad():
             learner = algo.adapt(episode.support)
         with torch.no_grad():
-            scores.append(accuracy(learner(episode.query.inputs), episode.query.labels))
+            scores.append(episode_score(learner(episode.query.inputs), episode.query, episode.metric))
     return scores
 
 
@@ -57,8 +71,37 @@ def fixed_encoder_view(
     return view.to(features.device), dataclasses.replace(split, inputs=features)
 
 
+def score_name(episodes: list[Episode]) -> str:
+    """What the mean of these episodes' scores is called: their one metric (accuracy, pearson), or
+    `score` where classification and regression episodes mix (validation on a mixed collection)."""
+    metrics = {episode.metric for episode in episodes}
+    return metrics.pop() if len(metrics) == 1 else "score"
+
+
+def scores_by_metric(episodes: list[Episode], scores: list[float]) -> dict:
+    """results.json's scores, one entry per metric the episodes are scored with: `accuracy` and
+    `episode_accuracies` for the classification episodes (with their `chance`), and e.g. `pearson`
+    and `episode_pearson` for the regression ones (chance 0; their sizes in `regression_examples`),
+    each a mean with its 95% CI."""
+    results = {}
+    for metric in sorted({episode.metric for episode in episodes}):
+        chosen = [(e, score) for e, score in zip(episodes, scores, strict=True) if e.metric == metric]
+        values = [score for _, score in chosen]
+        if metric == "accuracy":
+            results["chance"] = sum(1 / e.n_way for e, _ in chosen) / len(chosen)
+            results["accuracy"], results["episode_accuracies"] = mean_confidence_interval(values), values
+        else:
+            results[metric], results[f"episode_{metric}"] = mean_confidence_interval(values), values
+            results["regression_examples"] = {  # N x K and N x Q (less where a small task caps the query)
+                "support": sorted({len(e.support) for e, _ in chosen}),
+                "query": sorted({len(e.query) for e, _ in chosen}),
+            }
+    return results
+
+
 class EpisodicProtocol:
     """N-way K-shot Q-query episodes on held-out classes, fixed by `seed`: mean accuracy and 95% CI.
+    A regression task's episodes (N x K support, N x Q query examples) are scored apart, by their metric.
     `folds` (a fold-based class split's `dataset.fold` values) makes `metanlp train` train and test one run
     per fold and report the mean over them (folds.py)."""
 
@@ -89,8 +132,8 @@ class EpisodicProtocol:
         algo, split = fixed_encoder_view(algo, split, progress=progress)
         sampler = self.sampler(split)
         episodes = sampler.episodes(self.num_episodes)
-        scores = episode_accuracies(algo, episodes, device, f"{split.name} episodes", progress)
-        ways = sorted({episode.n_way for episode in episodes})
+        scores = episode_scores(algo, episodes, device, f"{split.name} episodes", progress)
+        ways = sorted({episode.n_way for episode in episodes if episode.n_way}) or [self.n_way]
         results = {
             "protocol": "episodic",
             "split": split.name,
@@ -99,9 +142,7 @@ class EpisodicProtocol:
             "q_query": self.q_query,
             "episodes": self.num_episodes,
             "seed": self.seed,
-            "chance": sum(1 / episode.n_way for episode in episodes) / len(episodes),
-            "accuracy": mean_confidence_interval(scores),
-            "episode_accuracies": scores,
+            **scores_by_metric(episodes, scores),
         }
         if sampler.capped_query_sizes:
             results["q_query_per_task"] = sampler.capped_query_sizes  # tasks whose classes cannot hold q_query
@@ -167,8 +208,7 @@ class KShotProtocol:
     def adapt(self, algo: Algorithm, encoder: nn.Module, task: KShotTask) -> Learner:
         with torch.enable_grad():
             if task.regression:
-                support = task.support
-                return fit_regression_probe(encoder, support.inputs, support.labels, self.regression_head)
+                return fit_linear_probe(encoder, task.support, self.regression_head)
             return algo.adapt(task.support)
 
     def run(

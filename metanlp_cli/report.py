@@ -28,6 +28,7 @@ import yaml
 from scipy import stats
 
 from metanlp_cli.errors import MetaNLPError
+from metanlp_cli.metrics import REGRESSION_METRICS
 
 # Config keys that say nothing about the method: seeds, where and how it ran, and what defines the task.
 NOT_METHOD = re.compile(
@@ -131,6 +132,10 @@ def read_run(results_path: Path) -> Run | None:
             results["episodes"],
             results["seed"],
         )
+        if "accuracy" not in results and any(f"episode_{name}" in results for name in REGRESSION_METRICS):
+            note = "regression episodes only (report compares accuracies)"
+            print(f"note: skipping {results_path}: {note}", file=sys.stderr)
+            return None
         accuracy, episode_accuracies = results["accuracy"], results["episode_accuracies"]
     except (ValueError, KeyError, TypeError) as error:
         print(f"note: skipping {results_path}: not a metanlp results.json ({error})", file=sys.stderr)

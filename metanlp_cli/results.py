@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from metanlp_cli.metrics import REGRESSION_METRICS
+
 
 def format_score(score: dict) -> str:
     return f"{100 * score['mean']:.2f} +/- {100 * score['ci95']:.2f}"
@@ -25,14 +27,34 @@ def q_query_text(results: dict) -> str:
     return f"{results['q_query']} ({sizes} in {len(capped)} task{'s' * (len(capped) > 1)})"
 
 
+def regression_metrics(results: dict) -> list[str]:
+    """The metrics of an episodic run's regression episodes (e.g. ["pearson"]); none for classification."""
+    return [name for name in REGRESSION_METRICS if name in results]
+
+
+def regression_examples_text(results: dict) -> str:
+    """`25 support / 75 query examples`: a regression episode is as large as an N-way one."""
+    sizes = results["regression_examples"]
+    return " / ".join(f"{','.join(map(str, sizes[part]))} {part}" for part in ("support", "query")) + " examples"
+
+
 def summary_line(results: dict) -> str:
     if results.get("protocol") in KSHOT_PROTOCOLS:
         return kshot_summary_line(results)
-    chance = results.get("chance", 1 / results["n_way"] if isinstance(results["n_way"], int) else float("nan"))
-    return (
-        f"test accuracy {format_score(results['accuracy'])} (95% CI, {results['episodes']} episodes, "
-        f"{n_way_text(results)}-way {results['k_shot']}-shot, chance {100 * chance:.1f})"
-    )
+    parts = []
+    if "accuracy" in results:
+        chance = results.get("chance", 1 / results["n_way"] if isinstance(results["n_way"], int) else float("nan"))
+        count = results["accuracy"].get("count", results["episodes"])
+        parts.append(
+            f"test accuracy {format_score(results['accuracy'])} (95% CI, {count} episodes, "
+            f"{n_way_text(results)}-way {results['k_shot']}-shot, chance {100 * chance:.1f})"
+        )
+    for metric in regression_metrics(results):
+        parts.append(
+            f"test {metric} {format_score(results[metric])} (95% CI, {results[metric]['count']} regression "
+            f"episodes, {regression_examples_text(results)}, chance 0.0)"
+        )
+    return "; ".join(parts)
 
 
 def evaluations_markdown(results: dict) -> str:
@@ -53,24 +75,35 @@ def write_results(run_dir: Path, results: dict) -> None:
     if results.get("protocol") in KSHOT_PROTOCOLS:
         (run_dir / "results.md").write_text(kshot_markdown(results))
         return
-    rows = [
-        "| dataset | algo | backbone | N-way | K-shot | Q-query | episodes | accuracy (%) |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {results['dataset']} | {results['algo']} | {results['backbone']} | {n_way_text(results)} "
-        f"| {results['k_shot']} | {q_query_text(results)} | {results['episodes']} "
-        f"| {format_score(results['accuracy'])} |",
-    ]
-    text = "\n".join(
-        [
-            f"# Results: {results['split']} split",
-            "",
-            *rows,
-            "",
-            "Accuracy is the mean over the fixed test episodes with its 95% confidence interval "
-            "(1.96 x std / sqrt(episodes)).",
+    rows, notes = [], []
+    if "accuracy" in results:
+        count = results["accuracy"].get("count", results["episodes"])
+        rows += [
+            "| dataset | algo | backbone | N-way | K-shot | Q-query | episodes | accuracy (%) |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {results['dataset']} | {results['algo']} | {results['backbone']} | {n_way_text(results)} "
+            f"| {results['k_shot']} | {q_query_text(results)} | {count} "
+            f"| {format_score(results['accuracy'])} |",
             "",
         ]
-    )
+        notes.append(
+            "Accuracy is the mean over the fixed test episodes with its 95% confidence interval "
+            "(1.96 x std / sqrt(episodes))."
+        )
+    for metric in regression_metrics(results):
+        label = METRIC_LABELS[metric]
+        rows += [
+            f"| dataset | algo | backbone | regression episodes | examples | {label} (%) |",
+            "|---|---|---|---|---|---|",
+            f"| {results['dataset']} | {results['algo']} | {results['backbone']} | {results[metric]['count']} "
+            f"| {regression_examples_text(results)} | {format_score(results[metric])} |",
+            "",
+        ]
+        notes.append(
+            f"{label} is the correlation of the predicted and true targets of each regression episode's query "
+            "set (0 for a constant prediction; chance is 0), the mean over the episodes with its 95% CI."
+        )
+    text = "\n".join([f"# Results: {results['split']} split", "", *rows, *notes, ""])
     (run_dir / "results.md").write_text(text + evaluations_markdown(results))
 
 

@@ -15,7 +15,8 @@ from metanlp_cli.errors import MetaNLPError
 
 @dataclass(frozen=True)
 class Batch:
-    """Token ids and episode-local labels (0..N-1); `classes` are the split-level class ids."""
+    """Token ids and episode-local labels (0..N-1); `classes` are the split-level class ids.
+    A regression batch (STS-B) has float targets as its labels and no classes."""
 
     inputs: torch.Tensor
     labels: torch.Tensor
@@ -24,24 +25,30 @@ class Batch:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
+    @property
+    def is_regression(self) -> bool:
+        return self.labels.is_floating_point()
+
     def to(self, device: torch.device | str) -> Batch:
         return Batch(self.inputs.to(device), self.labels.to(device), self.classes.to(device))
 
 
 @dataclass(frozen=True)
 class Episode:
-    """A task: a support set to adapt on and a disjoint query set to score."""
+    """A task: a support set to adapt on and a disjoint query set to score, by `metric` (accuracy,
+    or a regression task's first metric). A regression episode has no class names."""
 
     support: Batch
     query: Batch
     class_names: tuple[str, ...]
+    metric: str = "accuracy"
 
     @property
     def n_way(self) -> int:
         return len(self.class_names)
 
     def to(self, device: torch.device | str) -> Episode:
-        return Episode(self.support.to(device), self.query.to(device), self.class_names)
+        return Episode(self.support.to(device), self.query.to(device), self.class_names, self.metric)
 
 
 def concatenate_inputs(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -59,11 +66,18 @@ def concatenate_inputs(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
 TASK_WEIGHTS = ("uniform", "proportional", "mixture")
 
 
+def task_size(split: EncodedSplit, task: TaskClasses) -> int:
+    """The number of examples of a task in `split`."""
+    if task.regression:
+        return len(task.target_rows)
+    return sum(len(split.rows_by_class[c]) for c in task.class_ids)
+
+
 def task_probabilities(split: EncodedSplit, task_weights: str, task_alpha: float) -> np.ndarray:
     """The probability of each task of `split` being an episode's: size ** alpha, normalised, where
     size is the task's number of examples and alpha is 0 (uniform), 1 (proportional) or `task_alpha`."""
     alpha = {"uniform": 0.0, "proportional": 1.0, "mixture": task_alpha}[task_weights]
-    sizes = np.array([sum(len(split.rows_by_class[c]) for c in task.class_ids) for task in split.tasks], float)
+    sizes = np.array([task_size(split, task) for task in split.tasks], float)
     weights = sizes**alpha
     return weights / weights.sum()
 
@@ -88,6 +102,11 @@ class EpisodeSampler:
     such a task's query sets hold what is left after the support set, the same number for every
     class, recorded in `capped_query_sizes`. A class split instead refuses K + Q above its
     smallest class, since there a class is one of many to sample.
+
+    A regression task's episode has as many examples as an N-way one (so meta-batches are alike):
+    `n_way * k_shot` support and `n_way * q_query` query rows drawn from the task's rows without
+    overlap, float targets as labels and no classes (`Batch.is_regression`); a small task's query
+    is capped as above, in the same units (`n_way` examples per unit of `q_query`).
     """
 
     def __init__(
@@ -123,6 +142,8 @@ class EpisodeSampler:
 
     def _query_size(self, task: TaskClasses, key: str) -> int:
         where = f"of the {self.split.name} split" + (f" ({task.source})" if task.source else "")
+        if task.regression:
+            return self._regression_query_size(task, key, where)
         if len(task.class_ids) < 2:
             raise MetaNLPError(f"{key}: task {task.name!r} {where} has {len(task.class_ids)} class; episodes need 2")
         sizes = np.array([len(self.split.rows_by_class[c]) for c in task.class_ids])
@@ -142,6 +163,20 @@ class EpisodeSampler:
             f"{count} examples; allowed: k_shot + q_query <= {count}"
         )
 
+    def _regression_query_size(self, task: TaskClasses, key: str, where: str) -> int:
+        """q_query, or (fixed tasks) what the rows left after the support set hold, per way."""
+        count, support = len(task.target_rows), self.n_way * self.k_shot
+        if count >= self.n_way * (self.k_shot + self.q_query):
+            return self.q_query
+        if self.split.fixed_tasks and count >= support + self.n_way:
+            return (count - support) // self.n_way
+        needs = "n_way * (k_shot + 1)" if self.split.fixed_tasks else "n_way * (k_shot + q_query)"
+        needed = self.n_way * (self.k_shot + (1 if self.split.fixed_tasks else self.q_query))
+        raise MetaNLPError(
+            f"{key}: regression task {task.name!r} {where} has only {count} examples, but an episode needs "
+            f"{needs} = {needed}; allowed: {needs} <= {count}"
+        )
+
     def episode(self, index: int) -> Episode:
         rng = np.random.default_rng([self.seed, index])
         if len(self.split.tasks) == 1:
@@ -150,6 +185,8 @@ class EpisodeSampler:
             task = int(rng.integers(len(self.split.tasks)))
         else:
             task = int(rng.choice(len(self.split.tasks), p=self.task_probabilities))
+        if self.split.tasks[task].regression:
+            return self._regression_episode(self.split.tasks[task], self.query_sizes[task], rng)
         task_classes, q_query = self.split.tasks[task].class_ids, self.query_sizes[task]
         n_way = min(self.n_way, len(task_classes))
         classes = task_classes[rng.choice(len(task_classes), size=n_way, replace=False)]
@@ -163,6 +200,24 @@ class EpisodeSampler:
             support=self._batch(np.concatenate(support_rows), classes, self.k_shot),
             query=self._batch(np.concatenate(query_rows), classes, q_query),
             class_names=tuple(self.split.class_names[c] for c in classes),
+        )
+
+    def _regression_episode(self, task: TaskClasses, q_query: int, rng: np.random.Generator) -> Episode:
+        support = self.n_way * self.k_shot
+        chosen = task.target_rows[rng.choice(len(task.target_rows), size=support + self.n_way * q_query, replace=False)]
+        return Episode(
+            support=self._regression_batch(chosen[:support]),
+            query=self._regression_batch(chosen[support:]),
+            class_names=(),
+            metric=task.metric,
+        )
+
+    def _regression_batch(self, rows: np.ndarray) -> Batch:
+        index = torch.from_numpy(rows).to(self.split.inputs.device)
+        return Batch(
+            inputs=_trim(self.split.inputs[index]),
+            labels=self.split.targets[index],
+            classes=torch.zeros(0, dtype=torch.int64, device=index.device),
         )
 
     def _batch(self, rows: np.ndarray, classes: np.ndarray, per_class: int) -> Batch:

@@ -5,6 +5,7 @@ Reads top to bottom; every building block lives in its own module.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -38,11 +39,18 @@ from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.errors import MetaNLPError, RunInterrupted
 from metanlp_cli.evaluate import check_evaluations, run_evaluations
 from metanlp_cli.metrics import mean_confidence_interval
-from metanlp_cli.protocols import EpisodicProtocol, episode_accuracies, fixed_encoder_view
+from metanlp_cli.protocols import EpisodicProtocol, episode_scores, fixed_encoder_view, score_name
 from metanlp_cli.results import format_score, summary_line, write_results
 from metanlp_cli.sampling import episode_seed
 
 log = logging.getLogger(__name__)
+
+# Unlike cross-entropy, whose gradient saturates, the MSE inner loop diverges once lr exceeds about
+# 1 / (the features' squared norm): ~0.003 for the word CNN at initialisation (README, Regression).
+REGRESSION_HINT = (
+    " (regression tasks: the MSE inner loop needs a much smaller inner rate, algo.inner_train.lr or algo.init_lr,"
+    " e.g. 0.001 with backbone=cnn)"
+)
 
 
 def outer_optimizer(algo: Algorithm, trainer: TrainerConfig) -> torch.optim.Optimizer | None:
@@ -78,15 +86,21 @@ def validate_and_checkpoint(
     step: int,
     best_val: float,
 ) -> tuple[dict, float]:
-    """Score the validation episodes, write last.pt (and best.pt if better); returns the score and the best."""
+    """Score the validation episodes, write last.pt (and best.pt if better); returns the score and the best.
+
+    The score is the mean of the episodes' scores (`protocols.episode_score`): accuracy, or a regression
+    episode's metric (Pearson) where a task collection has regression tasks. Both are at most 1 and
+    higher is better, so one mean ranks checkpoints; it is named after its metric (`score` when mixed).
+    """
     device = next(algo.parameters()).device
     view, val_split = fixed_encoder_view(algo, val_split, progress=trainer.progress)  # ProtoNet: encode rows once
     val_episodes = protocol.episodes(val_split, trainer.val_episodes)  # the same episodes at every validation
-    val = mean_confidence_interval(episode_accuracies(view, val_episodes, device, "validate", trainer.progress))
+    val = mean_confidence_interval(episode_scores(view, val_episodes, device, "validate", trainer.progress))
     state = {
         **checkpoint,
         **training_state(algo, optimizer, step, max(best_val, val["mean"])),
-        "val_accuracy": val["mean"],
+        "val_accuracy": val["mean"],  # the validation score, whatever its metric (`val_metric`)
+        "val_metric": score_name(val_episodes),
     }
     save_checkpoint(checkpoint_dir / "last.pt", state)
     if val["mean"] > best_val:
@@ -95,9 +109,10 @@ def validate_and_checkpoint(
 
 
 def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
-    """Meta-train, keep the best checkpoint by validation accuracy, score it on the test protocol.
+    """Meta-train, keep the best checkpoint by validation score, score it on the test protocol.
 
-    Returns the best validation accuracy (what a hyper-parameter search maximises).
+    Returns the best validation score (what a hyper-parameter search maximises): the accuracy, or
+    where the validation episodes include regression ones, see `validate_and_checkpoint`.
     """
     trainer = validate(cfg.trainer, TrainerConfig, "trainer")
     ranks = distributed.start(trainer.distributed, resolve_device(trainer.device), trainer.meta_batch_size)
@@ -112,15 +127,17 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     tokenizer = build(cfg.backbone.tokenizer, "backbone.tokenizer").fit(training_texts(dataset))
     splits, seconds = encode_splits(tokenizer, dataset, ("train", "val", "test"), device, cfg.paths.get("cache_dir"))
     log.info(
-        "%s: %s classes (train/val/test), vocabulary %d, tokenized in %.2fs",
+        "%s: %s classes and %s regression tasks (train/val/test), vocabulary %d, tokenized in %.2fs",
         dataset.name,
         "/".join(str(len(splits[name].class_names)) for name in ("train", "val", "test")),
+        "/".join(str(sum(task.regression for task in splits[name].tasks)) for name in ("train", "val", "test")),
         tokenizer.vocab_size,
         seconds,
     )
 
     # Model, episodes, optimizer. Validation and test episodes are fixed by the protocol's seed.
-    label_space = LabelSpace(cfg.sampler.n_way, len(splits["train"].class_names))
+    regression = any(task.regression for task in splits["train"].tasks)
+    label_space = LabelSpace(cfg.sampler.n_way, len(splits["train"].class_names), regression)
     encoder = build_encoder(cfg, tokenizer.vocab_size)
     algo = build_algorithm(cfg, encoder, label_space).to(device)
     splits, seconds = cache_frozen_features(encoder, splits, trainer.progress, cfg.paths.get("cache_dir"))
@@ -134,6 +151,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         )
     for name in ("val", "test"):  # fail now, not after training, if a split cannot hold the protocol's episodes
         protocol.sampler(splits[name])
+    val_name = score_name(protocol.episodes(splits["val"], trainer.val_episodes))  # accuracy; pearson; score (mixed)
     optimizer = outer_optimizer(algo, trainer)
     steps = trainer.steps if optimizer else 0
     start_step, best_val = restore_training_state(cfg.get("resume"), algo, optimizer)
@@ -154,7 +172,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         "config": OmegaConf.to_container(cfg, resolve=False),
         "choices": choices,
         "tokenizer": tokenizer.state_dict(),
-        "label_space": {"n_way": label_space.n_way, "num_train_classes": label_space.num_train_classes},
+        "label_space": dataclasses.asdict(label_space),
     }
     if ranks.is_main:
         truncate_jsonl(run_dir / "metrics.jsonl", start_step)
@@ -186,7 +204,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
             if not (math.isfinite(meta_loss) and math.isfinite(gradient_norm)):
                 raise MetaNLPError(
                     f"meta-loss became {meta_loss} (gradient norm {gradient_norm:.3g}) at step {step + 1}; lower "
-                    f"trainer.outer_lr or algo.inner_train.lr (last good checkpoint: {checkpoint_dir / 'last.pt'})"
+                    f"trainer.outer_lr or algo.inner_train.lr{REGRESSION_HINT if regression else ''} "
+                    f"(last good checkpoint: {checkpoint_dir / 'last.pt'})"
                 )
             optimizer.step()
             train_seconds += time.perf_counter() - started
@@ -201,13 +220,13 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
                     run_dir / "metrics.jsonl",
                     {
                         "step": step + 1,
-                        "val_accuracy": val["mean"],
+                        f"val_{val_name}": val["mean"],
                         "val_ci95": val["ci95"],
                         "episodes_per_s": (step + 1 - start_step) * trainer.meta_batch_size / train_seconds,
                     },
                 )
                 progress.set_postfix(loss=f"{meta_loss:.3f}", val=format_score(val))
-                log.info("step %d: meta-loss %.4f, validation accuracy %s", step + 1, meta_loss, format_score(val))
+                log.info("step %d: meta-loss %.4f, validation %s %s", step + 1, meta_loss, val_name, format_score(val))
             if ranks.any(stop.requested):
                 if ranks.is_main:
                     state = {**checkpoint, **training_state(algo, optimizer, step + 1, best_val)}
@@ -224,9 +243,9 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         val, best_val = validate_and_checkpoint(
             algo, protocol, splits["val"], trainer, checkpoint_dir, checkpoint, optimizer, 0, best_val
         )
-        log.info("validation accuracy %s", format_score(val))
+        log.info("validation %s %s", val_name, format_score(val))
 
-    # Test: the best checkpoint by validation accuracy, on the protocol's fixed test episodes.
+    # Test: the best checkpoint by validation score, on the protocol's fixed test episodes.
     algo.load_state_dict(load_checkpoint(checkpoint_dir / "best.pt")["model"])
     results = protocol.run(algo, splits["test"], device, trainer.progress)
     results.update(
@@ -234,7 +253,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         algo=choices.get("algo"),
         backbone=choices.get("backbone"),
         checkpoint=str(checkpoint_dir / "best.pt"),
-        best_val_accuracy=best_val,
+        **{f"best_val_{val_name}": best_val},
     )
     write_results(run_dir, results)
     log.info(summary_line(results))

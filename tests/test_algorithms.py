@@ -22,7 +22,7 @@ from metanlp_cli.algorithms.protomaml import ProtoMAML
 from metanlp_cli.algorithms.protonet import ProtoNet
 from metanlp_cli.algorithms.reptile import Reptile
 from metanlp_cli.backbones.cnn import WordCNN
-from metanlp_cli.protocols import episode_accuracies
+from metanlp_cli.protocols import episode_scores
 from metanlp_cli.sampling import Batch, Episode, EpisodeSampler, episode_seed
 from tests.conftest import VOCAB_SIZE, TinyEncoder, meta_train
 
@@ -518,7 +518,7 @@ def test_algorithm_learns_a_separable_task_far_above_chance(name, keyword_task):
     torch.manual_seed(0)
     algo = algorithm(cnn(), LabelSpace(5, 30), **kwargs)
     test_episodes = EpisodeSampler(test_split, n_way=5, k_shot=5, q_query=10, seed=99).episodes(20)
-    before = sum(episode_accuracies(algo, test_episodes, torch.device("cpu"), progress=False)) / 20
+    before = sum(episode_scores(algo, test_episodes, torch.device("cpu"), progress=False)) / 20
     meta_train(algo, sampler, steps=steps, lr=lr)
-    after = sum(episode_accuracies(algo, test_episodes, torch.device("cpu"), progress=False)) / 20
+    after = sum(episode_scores(algo, test_episodes, torch.device("cpu"), progress=False)) / 20
     assert before < 0.7 and after > 0.8, (name, before, after)  # chance is 0.2

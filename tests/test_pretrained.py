@@ -23,7 +23,7 @@ from metanlp_cli.backbones.pretrained import PretrainedEncoder, PretrainedTokeni
 from metanlp_cli.components import cache_frozen_features
 from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.errors import MetaNLPError
-from metanlp_cli.protocols import episode_accuracies
+from metanlp_cli.protocols import episode_scores
 from metanlp_cli.sampling import EpisodeSampler
 from tests.conftest import VOCAB_SIZE, keyword_split, meta_train
 
@@ -277,7 +277,7 @@ def test_pretrained_backbone_learns_a_separable_task(tiny_bert, algorithm):
         steps = 150
     test_episodes = EpisodeSampler(test_split, n_way=5, k_shot=5, q_query=10, seed=99).episodes(20)
     meta_train(algo, sampler, steps=steps, lr=3e-3)
-    after = sum(episode_accuracies(algo, test_episodes, torch.device("cpu"), progress=False)) / 20
+    after = sum(episode_scores(algo, test_episodes, torch.device("cpu"), progress=False)) / 20
     assert after > 0.8, (algorithm, after)  # chance is 0.2
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metanlp_cli.algorithms.base import Algorithm
-from metanlp_cli.algorithms.finetune import fit_regression_probe
+from metanlp_cli.algorithms.finetune import fit_linear_probe
 from metanlp_cli.algorithms.inner_loop import InnerLoop
 from metanlp_cli.config import build
 from metanlp_cli.protocols import ArscProtocol, KShotProtocol, KShotTask
@@ -70,7 +70,7 @@ def linear_targets(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_the_regression_head_fits_what_least_squares_fits():
     features, targets = linear_targets(64, seed=0)
-    probe = fit_regression_probe(nn.Identity(), features, targets, InnerLoop(steps=500, lr=0.05))
+    probe = fit_linear_probe(nn.Identity(), Batch(features, targets, torch.arange(0)), InnerLoop(steps=500, lr=0.05))
     design = np.hstack([features.numpy(), np.ones((64, 1))])
     solution, *_ = np.linalg.lstsq(design, targets.numpy(), rcond=None)
     assert probe(features).shape == (64, 1)
@@ -248,7 +248,7 @@ def test_protonet_episodes_on_features_encoded_once_score_as_episodes_encoded_ea
     from metanlp_cli.algorithms.base import LabelSpace
     from metanlp_cli.algorithms.protonet import ProtoNet
     from metanlp_cli.data.types import EncodedSplit
-    from metanlp_cli.protocols import EpisodicProtocol, episode_accuracies, fixed_encoder_view
+    from metanlp_cli.protocols import EpisodicProtocol, episode_scores, fixed_encoder_view
 
     torch.manual_seed(0)
     labels = np.repeat(np.arange(4), 12)
@@ -258,12 +258,12 @@ def test_protonet_episodes_on_features_encoded_once_score_as_episodes_encoded_ea
     algo = ProtoNet(encoder, LabelSpace(3, 4), distance="cosine")
     protocol = EpisodicProtocol(n_way=3, k_shot=2, q_query=4, episodes=20, seed=5)
 
-    per_episode = episode_accuracies(algo, protocol.episodes(split), torch.device("cpu"), progress=False)
+    per_episode = episode_scores(algo, protocol.episodes(split), torch.device("cpu"), progress=False)
     assert encoder.rows == 20 * 3 * (2 + 4)
     encoder.rows = 0
     view, features = fixed_encoder_view(algo, split, batch_size=7, progress=False)
     assert encoder.rows == len(labels)  # every row once
-    once = episode_accuracies(view, protocol.episodes(features), torch.device("cpu"), progress=False)
+    once = episode_scores(view, protocol.episodes(features), torch.device("cpu"), progress=False)
     assert encoder.rows == len(labels)
     assert np.allclose(once, per_episode)
     assert protocol.run(algo, split, torch.device("cpu"), progress=False)["episode_accuracies"] == pytest.approx(once)

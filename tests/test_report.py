@@ -159,3 +159,14 @@ def test_main_prints_the_table(sweep, tmp_path, capsys):
     output = capsys.readouterr().out
     assert "| method | chatterbot 5-way 5-shot |" in output and f"report: {tmp_path / 'out' / 'report.md'}" in output
     assert not math.isnan(float(output.split("| protonet/cnn | ")[1].split(" ")[0]))
+
+
+def test_a_regression_only_run_is_left_out_with_a_note_saying_why(sweep, capsys):
+    root, _ = sweep
+    results = json.loads((root / "0" / "results.json").read_text())
+    for key in ("accuracy", "episode_accuracies"):
+        results.pop(key)
+    results.update(pearson={"mean": 0.3, "ci95": 0.1, "count": 3}, episode_pearson=[0.2, 0.3, 0.4])
+    (root / "0" / "results.json").write_text(json.dumps(results))
+    assert len(find_runs([root])) == 4
+    assert "0/results.json: regression episodes only (report compares accuracies)" in capsys.readouterr().err

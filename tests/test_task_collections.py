@@ -25,6 +25,12 @@ def texts(prefix: str, label_names: list[str], per_class: int) -> LabeledTexts:
     return LabeledTexts([t for t, _ in rows], [c for _, c in rows], list(label_names), f"{prefix}.tsv")
 
 
+def regression_texts(prefix: str, count: int) -> LabeledTexts:
+    """STS-B-like rows with targets 0, 0.125, ..., in order."""
+    texts = [f"{prefix} s{i} word" for i in range(count)]
+    return LabeledTexts(texts, [i / 8 for i in range(count)], [], f"{prefix}.tsv")
+
+
 def collection() -> TaskCollection:
     """a: meta-train with dev; b: meta-train, no dev; t: target without test labels; r: regression."""
     two, three = ["neg", "pos"], ["x", "y", "z"]
@@ -32,7 +38,7 @@ def collection() -> TaskCollection:
         Task("a", texts("a-train", two, 30), texts("a-dev", two, 25), texts("a-test", two, 25), two),
         Task("b", texts("b-train", three, 30), None, None, three),
         Task("t", texts("t-train", two, 5), texts("t-dev", two, 25), None, two),
-        Task("r", LabeledTexts(["s"], [0.5], [], "r.tsv"), None, None, [], regression=True, metrics=["pearson"]),
+        Task("r", regression_texts("r-train", 40), None, None, [], regression=True, metrics=["spearman", "pearson"]),
     ]
     return TaskCollection("demo", tasks, meta_train_tasks=["a", "b", "r"], target_tasks=["t"])
 
@@ -42,15 +48,16 @@ def test_phases_read_the_documented_splits():
         phase: [(task, split) for task, split, _ in collection().episode_parts(phase)]
         for phase in ("train", "val", "test")
     }
-    assert parts == {"train": [("a", "train"), ("b", "train")], "val": [("t", "dev")], "test": [("t", "dev")]}
+    train_parts = [("a", "train"), ("b", "train"), ("r", "train")]  # the regression task r takes part too
+    assert parts == {"train": train_parts, "val": [("t", "dev")], "test": [("t", "dev")]}
     everyone = TaskCollection("all", collection().tasks[:2])  # no division: every task in every phase
     assert [(t, s) for t, s, _ in everyone.episode_parts("val")] == [("a", "dev"), ("b", "train")]
     assert [(t, s) for t, s, _ in everyone.episode_parts("test")] == [("a", "test")]  # never b's train split
-    regression_only = TaskCollection("sts", [collection().tasks[3]])
-    assert regression_only.episode_parts("train") == []
-    assert no_episodes_message(regression_only, "train") == (
-        "dataset sts has no classification task with a train split for the train episodes "
-        "(r has regression targets; episodes need class labels)"
+    regression_only = TaskCollection("sts", [collection().tasks[3]])  # a train split only
+    assert [(t, s) for t, s, _ in regression_only.episode_parts("val")] == [("r", "train")]
+    assert regression_only.episode_parts("test") == []
+    assert no_episodes_message(regression_only, "test") == (
+        "dataset sts has no task with a test or dev split for the test episodes (tasks: r)"
     )
 
 
@@ -80,11 +87,16 @@ def encoded_train() -> EncodedSplit:
 def test_tasks_become_one_split_with_qualified_classes_and_task_groups():
     split = encoded_train()
     assert split.class_names == ["a/neg", "a/pos", "b/x", "b/y", "b/z"] and split.fixed_tasks
-    assert [(task.name, task.class_ids.tolist(), task.source) for task in split.tasks] == [
-        ("a", [0, 1], "a-train.tsv"),
-        ("b", [2, 3, 4], "b-train.tsv"),
+    assert [(task.name, task.class_ids.tolist(), task.source, task.metric) for task in split.tasks] == [
+        ("a", [0, 1], "a-train.tsv", "accuracy"),
+        ("b", [2, 3, 4], "b-train.tsv", "accuracy"),
+        ("r", [], "r-train.tsv", "spearman"),  # scored by its first declared metric
     ]
     assert [len(rows) for rows in split.rows_by_class] == [30] * 5
+    # the regression rows follow the 150 class rows: label -1, their float target in `targets`
+    assert split.tasks[2].target_rows.tolist() == list(range(150, 190)) and not split.tasks[0].regression
+    assert split.labels[150:].eq(-1).all() and split.targets[150:].tolist() == [i / 8 for i in range(40)]
+    assert split.targets[:150].isnan().all()
 
 
 def test_task_episodes_stay_inside_one_task_with_n_at_most_its_labels():
@@ -92,6 +104,11 @@ def test_task_episodes_stay_inside_one_task_with_n_at_most_its_labels():
     seen = set()
     for index in range(40):
         episode = sampler.episode(index)
+        if episode.metric != "accuracy":  # the regression task r: N x K support, N x Q query rows
+            seen.add("r")
+            assert episode.metric == "spearman" and episode.class_names == () and episode.support.is_regression
+            assert len(episode.support) == 5 * 2 and len(episode.query) == 5 * 3
+            continue
         tasks = {name.split("/")[0] for name in episode.class_names}
         assert len(tasks) == 1
         seen |= tasks
@@ -99,7 +116,7 @@ def test_task_episodes_stay_inside_one_task_with_n_at_most_its_labels():
         assert len(episode.support) == 2 * episode.n_way and len(episode.query) == 3 * episode.n_way
         support, query = ({tuple(row[row != 0].tolist()) for row in b.inputs} for b in (episode.support, episode.query))
         assert len(support) == len(episode.support) and not support & query  # distinct texts, no overlap
-    assert seen == {"a", "b"}
+    assert seen == {"a", "b", "r"}
     again = EpisodeSampler(encoded_train(), n_way=5, k_shot=2, q_query=3, seed=7).episode(11)
     assert again.class_names == sampler.episode(11).class_names
     assert torch.equal(again.query.inputs, sampler.episode(11).query.inputs)
@@ -144,8 +161,8 @@ def test_describe_counts_and_percentiles():
     assert task_a["splits"]["train"]["per_class"] == {"neg": 30, "pos": 30}
     # every text of a-train has 3 words: all percentiles are 3
     assert task_a["splits"]["train"]["words"] == {"p5": 3, "p50": 3, "p95": 3, "max": 3}
-    assert described["tasks"][3]["splits"]["train"]["targets"] == {"min": 0.5, "mean": 0.5, "max": 0.5}
-    assert described["episodes"] == {"train": {"train": 2}, "val": {"dev": 1}, "test": {"dev": 1}}
+    assert described["tasks"][3]["splits"]["train"]["targets"] == {"min": 0.0, "mean": 2.4375, "max": 4.875}
+    assert described["episodes"] == {"train": {"train": 3}, "val": {"dev": 1}, "test": {"dev": 1}}
     markdown = to_markdown(described)
     assert "| a | meta-train | 2 classes | single | accuracy | 60 | 50 | 50 |" in markdown
     assert "- test: dev split of 1 task" in markdown

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace, episode_way, first_head_rows
+from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace, episode_outputs, first_head_rows
 from metanlp_cli.algorithms.inner_loop import (
     FastWeights,
     InnerLoop,
@@ -50,9 +50,9 @@ class ANIL(Algorithm):
 
     def adapt(self, support: Batch) -> FastWeights:
         create_graph = self.training and not self.first_order
-        n_way = episode_way(support, self.model.head.out_features)
+        outputs = episode_outputs(support, self.model.head.out_features)
         loop = self.inner_train if self.training else self.inner_eval
-        head = first_head_rows(dict(self.model.head.named_parameters(prefix="head")), n_way)
+        head = first_head_rows(dict(self.model.head.named_parameters(prefix="head")), outputs)
         with inner_loop_mode(self.model, loop):
             # Without second-order terms the support features reach the meta-gradient only through constants.
             with torch.set_grad_enabled(create_graph):

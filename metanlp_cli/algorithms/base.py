@@ -18,15 +18,26 @@ from torch import nn
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.sampling import Batch, Episode
 
-Learner = Callable[[torch.Tensor], torch.Tensor]  # inputs -> logits
+Learner = Callable[[torch.Tensor], torch.Tensor]  # inputs -> logits, or [examples, 1] predicted targets
 
 
 @dataclass(frozen=True)
 class LabelSpace:
-    """What heads are sized by: the most classes an episode has, and classes in the meta-train split."""
+    """What heads are sized by: the most classes an episode has, the classes of the meta-train split,
+    and whether meta-train has regression tasks (the supervised baselines' extra regression output)."""
 
     n_way: int
     num_train_classes: int
+    regression: bool = False
+
+
+def task_loss(outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The loss of a learner's outputs on a batch, for every algorithm, inner loop and meta-loss alike:
+    cross-entropy over the episode's classes, or for a regression batch (float targets) the mean squared
+    error of the single output ([examples, 1])."""
+    if batch.is_regression:
+        return F.mse_loss(outputs.squeeze(-1), batch.labels)
+    return F.cross_entropy(outputs, batch.labels)
 
 
 class Classifier(nn.Module):
@@ -41,8 +52,11 @@ class Classifier(nn.Module):
         return self.head(self.encoder(inputs))
 
 
-def episode_way(support: Batch, head_rows: int) -> int:
-    """The number of classes of this episode, checked against the rows of a fixed-size head."""
+def episode_outputs(support: Batch, head_rows: int) -> int:
+    """The head rows an episode uses: its number of classes (checked against the rows of a fixed-size
+    head), or 1 for a regression episode, whose prediction is the first row's output."""
+    if support.is_regression:
+        return 1
     n_way = len(support.classes)
     if n_way > head_rows:
         raise MetaNLPError(
@@ -61,6 +75,10 @@ def first_head_rows(parameters: Mapping[str, torch.Tensor], n_way: int) -> dict[
     episode next to a 5-way one uses and adapts rows 0-1 only, and the other rows get no gradient
     from it. Zero-initialised heads would also fit any N, but change the algorithm for fixed N.
     Works on any dict keyed by parameter name (Meta-SGD slices its learning rates the same way).
+
+    A regression episode uses row 0 alone (its output is the predicted target), adapted with the MSE
+    loss: row 0 is a class-agnostic start like every other, so no dedicated row (which would change
+    the head, its initialisation and old checkpoints of classification runs) is needed.
     """
     sliced = dict(parameters)
     for name in ("head.weight", "head.bias"):
@@ -76,7 +94,7 @@ class Algorithm(nn.Module):
         raise NotImplementedError
 
     def meta_loss(self, learner: Learner, query: Batch) -> torch.Tensor:
-        return F.cross_entropy(learner(query.inputs), query.labels)
+        return task_loss(learner(query.inputs), query)
 
     def with_fixed_encoder(self) -> tuple[nn.Module, Algorithm] | None:
         """Where adapting leaves the encoder as it is and only its features are used (ProtoNet): the

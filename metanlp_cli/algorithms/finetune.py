@@ -1,5 +1,11 @@
 """The transfer baseline: supervised training on all meta-train classes, then a fresh linear head
-fitted on each episode's support features (the encoder stays frozen at adaptation)."""
+fitted on each episode's support features (the encoder stays frozen at adaptation).
+
+Regression tasks among the meta-train tasks (STS-B) share one extra output after the class logits,
+trained with the MSE loss on their episodes' targets: one output, not one per regression task, since
+the collections here have one regression target (GLUE's STS-B; LM-BFF's STS-B seeds are one task).
+At adaptation a regression episode gets a fresh 1-output head like any other.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace
+from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace, task_loss
 from metanlp_cli.algorithms.inner_loop import InnerLoop, inner_loop_mode, require_lr, support_subset
 from metanlp_cli.sampling import Batch, Episode, concatenate_inputs
 
@@ -34,61 +40,59 @@ class LinearProbe:
         return F.linear(self.encoder(inputs), self.weight, self.bias)
 
 
-def episode_examples(support: Batch, query: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Support and query rows of an episode as one supervised batch, with split-level class ids."""
+def episode_examples(support: Batch, query: Batch, num_classes: int) -> Batch:
+    """Support and query rows of an episode as one supervised batch over the meta-train label space:
+    labels are split-level class ids (of `num_classes`), or the float targets of a regression episode."""
+    inputs = concatenate_inputs([support.inputs, query.inputs])
+    if support.is_regression:
+        return Batch(inputs, torch.cat([support.labels, query.labels]), support.classes)
     labels = torch.cat([support.classes[support.labels], query.classes[query.labels]])
-    return concatenate_inputs([support.inputs, query.inputs]), labels
+    return Batch(inputs, labels, torch.arange(num_classes, device=labels.device))
+
+
+def supervised_outputs(logits: torch.Tensor, batch: Batch, num_classes: int) -> torch.Tensor:
+    """The supervised head's columns a batch is scored on: the class logits, or the regression output."""
+    return logits[:, num_classes:] if batch.is_regression else logits[:, :num_classes]
 
 
 def batched_episode_losses(
     model: Classifier,
     episodes: Sequence[Episode],
     seed: int,
+    num_classes: int,
     row_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lambda logits, labels: logits,
 ) -> torch.Tensor:
-    """The sum over episodes of each episode's mean cross-entropy over all meta-train classes, with the
-    rows of all episodes through `model` in one forward (torch seeded with `seed` first: one dropout
-    stream for the meta-batch). `row_logits(logits, labels)` may mask each row's logits (multi-task)."""
-    examples = [episode_examples(episode.support, episode.query) for episode in episodes]
+    """The sum over (classification) episodes of each episode's mean cross-entropy over all meta-train
+    classes, with the rows of all episodes through `model` in one forward (torch seeded with `seed`
+    first: one dropout stream for the meta-batch). `row_logits(logits, labels)` may mask each row's
+    logits (multi-task)."""
+    examples = [episode_examples(episode.support, episode.query, num_classes) for episode in episodes]
     torch.manual_seed(seed)
-    inputs = concatenate_inputs([inputs for inputs, _ in examples])
-    labels = torch.cat([labels for _, labels in examples])
-    losses = F.cross_entropy(row_logits(model(inputs), labels), labels, reduction="none")
-    return torch.stack([part.mean() for part in losses.split([len(labels) for _, labels in examples])]).sum()
+    inputs = concatenate_inputs([batch.inputs for batch in examples])
+    labels = torch.cat([batch.labels for batch in examples])
+    logits = model(inputs)[:, :num_classes]
+    losses = F.cross_entropy(row_logits(logits, labels), labels, reduction="none")
+    return torch.stack([part.mean() for part in losses.split([len(batch) for batch in examples])]).sum()
 
 
 def fit_linear_probe(encoder: nn.Module, support: Batch, loop: InnerLoop) -> LinearProbe:
-    """A zero-initialised N-way head fitted by Adam (`loop.lr`, `loop.steps`) on frozen support features
-    (computed in `loop.mode`)."""
+    """A zero-initialised head fitted by Adam (`loop.lr`, `loop.steps`) on frozen support features
+    (computed in `loop.mode`): N-way for a classification episode; for a regression one (STS-B) 1 output
+    whose bias starts at the mean support target, fitted with the MSE loss (`task_loss`)."""
     with torch.no_grad(), inner_loop_mode(encoder, loop):
         features = encoder(support.inputs)
-    n_way = len(support.classes)
-    weight = features.new_zeros(n_way, features.shape[1], requires_grad=True)
-    bias = features.new_zeros(n_way, requires_grad=True)
+    outputs = 1 if support.is_regression else len(support.classes)
+    weight = features.new_zeros(outputs, features.shape[1], requires_grad=True)
+    bias = features.new_zeros(outputs)
+    if support.is_regression:
+        bias = support.labels.mean().reshape(1).to(features.dtype)
+    bias.requires_grad_()
     optimizer = torch.optim.Adam([weight, bias], lr=loop.lr)
     examples = Batch(features, support.labels, support.classes)
     for _ in range(loop.steps):
         batch = support_subset(examples, loop.support_batch_size)
         optimizer.zero_grad()
-        F.cross_entropy(F.linear(batch.inputs, weight, bias), batch.labels).backward()
-        optimizer.step()
-    return LinearProbe(encoder, weight.detach(), bias.detach())
-
-
-def fit_regression_probe(
-    encoder: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loop: InnerLoop
-) -> LinearProbe:
-    """A zero-initialised 1-output head (bias starting at the mean target) fitted by Adam with the MSE
-    loss on frozen features: the regression head of an STS-B-like task. Its learner outputs [examples, 1]."""
-    with torch.no_grad(), inner_loop_mode(encoder, loop):
-        features = encoder(inputs)
-    weight = features.new_zeros(1, features.shape[1], requires_grad=True)
-    bias = targets.mean().reshape(1).to(features.dtype).requires_grad_()
-    optimizer = torch.optim.Adam([weight, bias], lr=loop.lr)
-    for _ in range(loop.steps):
-        rows = torch.randperm(len(targets), device=targets.device)[: loop.support_batch_size or len(targets)]
-        optimizer.zero_grad()
-        F.mse_loss(F.linear(features[rows], weight, bias).squeeze(-1), targets[rows]).backward()
+        task_loss(F.linear(batch.inputs, weight, bias), batch).backward()
         optimizer.step()
     return LinearProbe(encoder, weight.detach(), bias.detach())
 
@@ -107,7 +111,8 @@ class FineTune(Algorithm):
     ) -> None:
         super().__init__()
         require_lr(inner_eval, "inner_eval", learned=False)
-        self.model = Classifier(encoder, label_space.num_train_classes)
+        self.num_classes = label_space.num_train_classes
+        self.model = Classifier(encoder, self.num_classes + int(label_space.regression))
         self.inner_eval = inner_eval
         self.batch_episodes = batch_episodes
 
@@ -117,12 +122,13 @@ class FineTune(Algorithm):
         return fit_linear_probe(self.model.encoder, support, self.inner_eval)
 
     def meta_loss(self, learner: SupervisedLearner, query: Batch) -> torch.Tensor:
-        """Cross-entropy over all meta-train classes on the whole episode (support and query)."""
-        inputs, labels = episode_examples(learner.support, query)
-        return F.cross_entropy(learner(inputs), labels)
+        """Cross-entropy over all meta-train classes on the whole episode (support and query); the MSE
+        of the regression output for a regression episode."""
+        batch = episode_examples(learner.support, query, self.num_classes)
+        return task_loss(supervised_outputs(learner(batch.inputs), batch, self.num_classes), batch)
 
     def meta_batch_losses(self, episodes: Sequence[Episode], seeds: Sequence[int]) -> Iterator[torch.Tensor]:
-        if not self.batch_episodes:
+        if not self.batch_episodes or any(episode.support.is_regression for episode in episodes):
             yield from super().meta_batch_losses(episodes, seeds)
             return
-        yield batched_episode_losses(self.model, episodes, seeds[0])
+        yield batched_episode_losses(self.model, episodes, seeds[0], self.num_classes)

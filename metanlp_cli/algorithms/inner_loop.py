@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from metanlp_cli.algorithms.base import task_loss
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.sampling import Batch
 
@@ -165,7 +165,7 @@ def support_gradients(
     forward: Forward, parameters: Parameters, support: Batch, adapted: Sequence[str], create_graph: bool
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """The support loss at `parameters` and its gradients with respect to the `adapted` entries."""
-    loss = F.cross_entropy(forward(parameters, support.inputs), support.labels)
+    loss = task_loss(forward(parameters, support.inputs), support)
     gradients = torch.autograd.grad(loss, [parameters[name] for name in adapted], create_graph=create_graph)
     return loss, gradients
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace, episode_way, first_head_rows
+from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace, episode_outputs, first_head_rows
 from metanlp_cli.algorithms.inner_loop import (
     FastWeights,
     InnerLoop,
@@ -53,8 +53,8 @@ class MAML(Algorithm):
 
     def adapt(self, support: Batch) -> FastWeights:
         create_graph = self.training and not self.first_order
-        n_way = episode_way(support, self.model.head.out_features)
-        parameters = first_head_rows(dict(self.model.named_parameters()), n_way)
+        outputs = episode_outputs(support, self.model.head.out_features)
+        parameters = first_head_rows(dict(self.model.named_parameters()), outputs)
         forward = module_forward(self.model)
         loop = self.inner_train if self.training else self.inner_eval
         with no_cudnn_for_double_backward(create_graph, support.inputs.device), inner_loop_mode(self.model, loop):

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace, episode_way, first_head_rows
+from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace, episode_outputs, first_head_rows
 from metanlp_cli.algorithms.inner_loop import (
     FastWeights,
     InnerLoop,
@@ -114,8 +114,8 @@ class MetaLSTM(Algorithm):
         )
 
     def adapt(self, support: Batch) -> FastWeights:
-        n_way = episode_way(support, self.model.head.out_features)
-        parameters = first_head_rows(dict(self.model.named_parameters()), n_way)
+        outputs = episode_outputs(support, self.model.head.out_features)
+        parameters = first_head_rows(dict(self.model.named_parameters()), outputs)
         shapes = [parameters[name].shape for name in self.adapted]
         theta = torch.cat([parameters[name].reshape(-1) for name in self.adapted])
         state = self.meta_learner.initial_state(theta)

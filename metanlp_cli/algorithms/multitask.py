@@ -5,7 +5,8 @@ On a class-split dataset a "task" is a group of meta-train classes: classes are 
 `num_groups` contiguous groups, and an example is classified among the classes of its own group
 only. The heads are stored as the row blocks of one linear layer over all meta-train classes, with
 the other groups' logits masked out; that is the same as separate heads, computed in one matmul.
-`num_groups=1` is exactly the fine-tuning baseline.
+`num_groups=1` is exactly the fine-tuning baseline. Regression tasks share one more output after
+the class logits, as in the fine-tuning baseline.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace
+from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace, task_loss
 from metanlp_cli.algorithms.finetune import (
     LinearProbe,
     SupervisedLearner,
     batched_episode_losses,
     episode_examples,
     fit_linear_probe,
+    supervised_outputs,
 )
 from metanlp_cli.algorithms.inner_loop import InnerLoop, require_lr
 from metanlp_cli.sampling import Batch, Episode
@@ -41,16 +42,18 @@ class MultiTask(Algorithm):
     ) -> None:
         super().__init__()
         classes = label_space.num_train_classes
-        if not 1 <= num_groups <= classes // 2:
+        if classes and not 1 <= num_groups <= classes // 2:  # no classes: regression tasks only
             raise ValueError(
                 f"num_groups={num_groups} is not allowed; each group needs 2 or more of the {classes} "
                 f"meta-train classes: allowed 1..{classes // 2}"
             )
         require_lr(inner_eval, "inner_eval", learned=False)
-        self.model = Classifier(encoder, classes)
+        self.num_classes = classes
+        self.model = Classifier(encoder, classes + int(label_space.regression))
         self.inner_eval = inner_eval
         self.batch_episodes = batch_episodes
-        self.register_buffer("group_of_class", torch.arange(classes) * num_groups // classes, persistent=False)
+        groups = torch.arange(classes) * num_groups // max(classes, 1)
+        self.register_buffer("group_of_class", groups, persistent=False)
 
     def adapt(self, support: Batch) -> SupervisedLearner | LinearProbe:
         if self.training:
@@ -58,9 +61,13 @@ class MultiTask(Algorithm):
         return fit_linear_probe(self.model.encoder, support, self.inner_eval)
 
     def meta_loss(self, learner: SupervisedLearner, query: Batch) -> torch.Tensor:
-        """Mean cross-entropy of every episode example over the classes of its own group."""
-        inputs, labels = episode_examples(learner.support, query)
-        return F.cross_entropy(self.own_group_logits(learner(inputs), labels), labels)
+        """Mean cross-entropy of every episode example over the classes of its own group (the MSE of
+        the regression output for a regression episode)."""
+        batch = episode_examples(learner.support, query, self.num_classes)
+        outputs = supervised_outputs(learner(batch.inputs), batch, self.num_classes)
+        if not batch.is_regression:
+            outputs = self.own_group_logits(outputs, batch.labels)
+        return task_loss(outputs, batch)
 
     def own_group_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Each row's logits with the classes outside its label's group at -inf."""
@@ -68,7 +75,7 @@ class MultiTask(Algorithm):
         return logits.masked_fill(other_group, float("-inf"))
 
     def meta_batch_losses(self, episodes: Sequence[Episode], seeds: Sequence[int]) -> Iterator[torch.Tensor]:
-        if not self.batch_episodes:
+        if not self.batch_episodes or any(episode.support.is_regression for episode in episodes):
             yield from super().meta_batch_losses(episodes, seeds)
             return
-        yield batched_episode_losses(self.model, episodes, seeds[0], self.own_group_logits)
+        yield batched_episode_losses(self.model, episodes, seeds[0], self.num_classes, self.own_group_logits)

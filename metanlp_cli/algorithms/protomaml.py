@@ -5,6 +5,9 @@ With prototypes c_k, the head W_k = 2 c_k, b_k = -||c_k||^2 gives logits 2 c_k.x
 differ from ProtoNet's -||x - c_k||^2 only by ||x||^2, the same for every class: before any step
 the softmax and the predictions are exactly ProtoNet's. The head init stays in the graph, so the
 meta-gradient reaches the encoder through the prototypes as well as through the adapted weights.
+
+A regression episode has no prototypes: its 1-output head starts at weight 0 and bias = the mean
+support target (the best constant prediction under the MSE loss), then takes the same MAML steps.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ from metanlp_cli.sampling import Batch
 
 def prototype_head(prototypes: torch.Tensor) -> Parameters:
     return {"head.weight": 2 * prototypes, "head.bias": -prototypes.pow(2).sum(1)}
+
+
+def mean_target_head(features: torch.Tensor, targets: torch.Tensor) -> Parameters:
+    """The 1-output head of a regression episode: weight 0, bias the mean support target (new leaves
+    that the inner loop differentiates; no meta-gradient flows through this start)."""
+    weight = features.new_zeros(1, features.shape[1], requires_grad=True)
+    return {"head.weight": weight, "head.bias": targets.mean().reshape(1).to(features.dtype).requires_grad_()}
 
 
 class ProtoMAML(Algorithm):
@@ -71,9 +81,13 @@ class ProtoMAML(Algorithm):
         for the encoder must treat the head as a free variable, not sum in the path through the
         prototypes (which the meta-gradient does take, through the views' base).
         """
-        prototypes = class_means(self.encoder(support.inputs), support.labels, len(support.classes))
+        features = self.encoder(support.inputs)
+        if support.is_regression:
+            head = mean_target_head(features, support.labels)
+        else:
+            head = prototype_head(class_means(features, support.labels, len(support.classes)))
         encoder = {name: p.view_as(p) for name, p in self.named_parameters()}
-        return {**encoder, **prototype_head(prototypes)}
+        return {**encoder, **head}
 
     def adapt(self, support: Batch) -> FastWeights:
         create_graph = self.training and not self.first_order

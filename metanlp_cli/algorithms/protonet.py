@@ -1,4 +1,9 @@
-"""Prototypical Networks (Snell et al. 2017): classify by distance to class means of the support."""
+"""Prototypical Networks (Snell et al. 2017): classify by distance to class means of the support.
+
+A regression episode has no classes to average: the query's predicted target is a kernel regression
+on the same metric, sum_j softmax_j(similarity(x, s_j)) y_j over the support examples s_j with
+targets y_j (a Nadaraya-Watson estimate; similarity is -||x - s_j||^2, or 10 cos(x, s_j)).
+"""
 
 from __future__ import annotations
 
@@ -19,11 +24,11 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> tor
     return sums / counts
 
 
-def prototype_logits(features: torch.Tensor, prototypes: torch.Tensor, distance: str) -> torch.Tensor:
-    """Negative squared euclidean distances to the prototypes, or 10 x their cosine similarities."""
+def similarities(features: torch.Tensor, references: torch.Tensor, distance: str) -> torch.Tensor:
+    """[examples, references]: negative squared euclidean distance, or cosine similarity times 10."""
     if distance == "cosine":
-        return 10.0 * F.normalize(features, dim=1) @ F.normalize(prototypes, dim=1).T
-    return -torch.cdist(features, prototypes).pow(2)
+        return 10.0 * F.normalize(features, dim=1) @ F.normalize(references, dim=1).T
+    return -torch.cdist(features, references).pow(2)
 
 
 class Prototypes:
@@ -33,7 +38,19 @@ class Prototypes:
         self.encoder, self.prototypes, self.distance = encoder, prototypes, distance
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        return prototype_logits(self.encoder(inputs), self.prototypes, self.distance)
+        return similarities(self.encoder(inputs), self.prototypes, self.distance)
+
+
+class KernelRegression:
+    """A learner for a regression episode: [examples, 1] targets predicted as the softmax-weighted
+    mean of the support targets, weighted by similarity to each support example."""
+
+    def __init__(self, encoder: nn.Module, support_features: torch.Tensor, targets: torch.Tensor, distance: str):
+        self.encoder, self.support_features, self.targets, self.distance = encoder, support_features, targets, distance
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        weights = similarities(self.encoder(inputs), self.support_features, self.distance).softmax(dim=1)
+        return (weights @ self.targets).unsqueeze(1)
 
 
 class FeatureInputs(nn.Module):
@@ -69,12 +86,14 @@ class ProtoNet(Algorithm):
     def with_fixed_encoder(self) -> tuple[nn.Module, ProtoNet]:
         return self.encoder, ProtoNet(FeatureInputs(self.encoder.output_dim), self.label_space, self.distance)
 
-    def adapt(self, support: Batch) -> Prototypes:
-        n_way = len(support.classes)
-        return Prototypes(self.encoder, class_means(self.encoder(support.inputs), support.labels, n_way), self.distance)
+    def adapt(self, support: Batch) -> Prototypes | KernelRegression:
+        features = self.encoder(support.inputs)
+        if support.is_regression:
+            return KernelRegression(self.encoder, features, support.labels, self.distance)
+        return Prototypes(self.encoder, class_means(features, support.labels, len(support.classes)), self.distance)
 
     def meta_batch_losses(self, episodes: Sequence[Episode], seeds: Sequence[int]) -> Iterator[torch.Tensor]:
-        if not self.batch_episodes:
+        if not self.batch_episodes or any(episode.support.is_regression for episode in episodes):
             yield from super().meta_batch_losses(episodes, seeds)
             return
         torch.manual_seed(seeds[0])
@@ -85,5 +104,5 @@ class ProtoNet(Algorithm):
         for episode, support_features, query_features in zip(episodes, features[::2], features[1::2], strict=True):
             support, query = episode.support, episode.query
             prototypes = class_means(support_features, support.labels, len(support.classes))
-            losses.append(F.cross_entropy(prototype_logits(query_features, prototypes, self.distance), query.labels))
+            losses.append(F.cross_entropy(similarities(query_features, prototypes, self.distance), query.labels))
         yield torch.stack(losses).sum()

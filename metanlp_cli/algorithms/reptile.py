@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace, episode_way, first_head_rows
+from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace, episode_outputs, first_head_rows
 from metanlp_cli.algorithms.inner_loop import (
     FastWeights,
     InnerLoop,
@@ -48,15 +48,15 @@ class Reptile(Algorithm):
         )
 
     def adapt(self, support: Batch) -> FastWeights:
-        n_way = episode_way(support, self.model.head.out_features)
+        outputs = episode_outputs(support, self.model.head.out_features)
         start = {name: p.detach().requires_grad_(name in self.adapted) for name, p in self.model.named_parameters()}
         loop = self.inner_train if self.training else self.inner_eval
         forward = module_forward(self.model)
         with inner_loop_mode(self.model, loop):
-            adapted = gradient_steps(forward, first_head_rows(start, n_way), support, self.adapted, loop, False)
+            adapted = gradient_steps(forward, first_head_rows(start, outputs), support, self.adapted, loop, False)
         return FastWeights(forward, {name: p.detach() for name, p in adapted.items()})
 
     def meta_loss(self, learner: FastWeights, query: Batch) -> torch.Tensor:
-        n_way = learner.parameters["head.weight"].shape[0]
-        theta = first_head_rows(dict(self.model.named_parameters()), n_way)
+        outputs = learner.parameters["head.weight"].shape[0]
+        theta = first_head_rows(dict(self.model.named_parameters()), outputs)
         return 0.5 * sum((theta[n] - learner.parameters[n]).pow(2).sum() for n in self.adapted)

@@ -169,7 +169,7 @@ def _task_collection_markdown(described: dict) -> str:
             else:
                 detail = _class_list(split["per_class"])
             lines.append(f"| {task['name']} | {name} | {detail} | {_words(split)} | {split['source']} |")
-    lines += ["", "Episodes (the minimal episodic path; regression tasks take no part):"]
+    lines += ["", "Episodes (the minimal episodic path; a regression task's episodes have float targets):"]
     for phase, counts in described["episodes"].items():
         used = ", ".join(f"{split} split of {n} task{'s' * (n > 1)}" for split, n in counts.items()) or "none"
         lines.append(f"- {phase}: {used}")

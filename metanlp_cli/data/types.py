@@ -12,6 +12,7 @@ Both answer `episode_parts(phase)`: the labelled texts the episodic sampler draw
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,7 +120,8 @@ class TaskCollection:
     train split where a task has no dev split, e.g. LEOPARD), as ARSC and the GLUE meta-learning
     setups select models on the target tasks' dev sets; `test` episodes from the target tasks' test
     splits (the dev split where test labels are hidden, as in GLUE, which reports dev scores).
-    Regression tasks take no part in episodes.
+    A regression task (STS-B) takes part like any other: its episodes have float targets (see
+    EpisodeSampler).
     """
 
     name: str
@@ -146,11 +148,9 @@ class TaskCollection:
         return self.tasks if chosen is None else [self.task(name) for name in chosen]
 
     def episode_parts(self, phase: str) -> list[tuple[str, str, LabeledTexts]]:
-        """(task, split, texts) of every classification task of a phase, with the split it reads."""
+        """(task, split, texts) of every task of a phase, with the split it reads."""
         parts = []
         for task in self.phase_tasks(phase):
-            if task.regression:
-                continue
             split_name = next((s for s in PHASE_SPLITS[phase] if task.split(s) is not None), None)
             if split_name is not None:
                 parts.append((task.name, split_name, task.split(split_name)))
@@ -159,11 +159,21 @@ class TaskCollection:
 
 @dataclass(frozen=True)
 class TaskClasses:
-    """The classes of one task inside an encoded split, and the file(s) its examples came from."""
+    """The classes of one task inside an encoded split, and the file(s) its examples came from.
+
+    A regression task has no classes: `target_rows` are its rows (their targets are in
+    `EncodedSplit.targets`), and `metric` is what its query sets are scored with, the task's first
+    declared metric (Pearson for STS-B). A classification task's episodes are scored by accuracy."""
 
     name: str
     class_ids: np.ndarray
     source: str = ""
+    target_rows: np.ndarray | None = None
+    metric: str = "accuracy"
+
+    @property
+    def regression(self) -> bool:
+        return self.target_rows is not None
 
 
 @dataclass(frozen=True)
@@ -171,7 +181,8 @@ class EncodedSplit:
     """A split ready for the model: one input row per example (token ids padded with 0, or cached
     features), the labels, the row indices of each class, and which classes make up each task
     (a class split is one task of all its classes). `fixed_tasks` marks a task collection's split,
-    whose class sizes are the benchmark's own (see EpisodeSampler)."""
+    whose class sizes are the benchmark's own (see EpisodeSampler). The rows of a regression task
+    have label -1 and their float target in `targets` (None when the split has no regression task)."""
 
     name: str
     inputs: torch.Tensor  # [examples, ...]: int64 token ids (0 = padding) or float features
@@ -180,6 +191,7 @@ class EncodedSplit:
     rows_by_class: list[np.ndarray] = field(repr=False)
     tasks: list[TaskClasses] = field(default_factory=list, repr=False)
     fixed_tasks: bool = False
+    targets: torch.Tensor | None = field(default=None, repr=False)  # [examples], float32; NaN: a class label
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -193,23 +205,49 @@ class EncodedSplit:
 
     @classmethod
     def from_parts(
-        cls, name: str, parts: list[tuple[str, LabeledTexts, torch.Tensor]], fixed_tasks: bool = False
+        cls,
+        name: str,
+        parts: list[tuple[str, LabeledTexts, torch.Tensor]],
+        fixed_tasks: bool = False,
+        regression_metrics: Mapping[str, str] | None = None,
     ) -> EncodedSplit:
         """One split from several tasks' (name, texts, inputs): classes are numbered task after task,
-        named `task/label` when there is more than one task, and token rows padded to one width."""
+        named `task/label` when there is more than one task, and token rows padded to one width.
+        Texts without class names are a regression task's, scored with `regression_metrics[task]`
+        (default Pearson)."""
         width = max(inputs.shape[1] for _, _, inputs in parts)
         qualify = len(parts) > 1
-        all_inputs, labels, class_names, tasks = [], [], [], []
+        all_inputs, labels, targets, class_names, tasks = [], [], [], [], []
+        row = 0
         for task_name, texts, inputs in parts:
             offset = len(class_names)
             token_ids = not inputs.is_floating_point()
             all_inputs.append(F.pad(inputs, (0, width - inputs.shape[1])) if token_ids else inputs)
-            labels.append(np.asarray(texts.labels, dtype=np.int64) + offset)
-            class_names += [f"{task_name}/{c}" if qualify else c for c in texts.class_names]
-            tasks.append(TaskClasses(task_name, np.arange(offset, len(class_names)), texts.source))
+            if texts.class_names:
+                labels.append(np.asarray(texts.labels, dtype=np.int64) + offset)
+                targets.append(np.full(len(texts), np.nan, dtype=np.float32))
+                class_names += [f"{task_name}/{c}" if qualify else c for c in texts.class_names]
+                tasks.append(TaskClasses(task_name, np.arange(offset, len(class_names)), texts.source))
+            else:
+                labels.append(np.full(len(texts), -1, dtype=np.int64))
+                targets.append(np.asarray(texts.labels, dtype=np.float32))
+                metric = (regression_metrics or {}).get(task_name, "pearson")
+                rows = np.arange(row, row + len(texts))
+                tasks.append(TaskClasses(task_name, np.arange(0), texts.source, rows, metric))
+            row += len(texts)
         label_array = np.concatenate(labels)
         rows = [np.flatnonzero(label_array == c) for c in range(len(class_names))]
-        return cls(name, torch.cat(all_inputs), torch.as_tensor(label_array), class_names, rows, tasks, fixed_tasks)
+        target_tensor = torch.from_numpy(np.concatenate(targets)) if any(t.regression for t in tasks) else None
+        return cls(
+            name,
+            torch.cat(all_inputs),
+            torch.as_tensor(label_array),
+            class_names,
+            rows,
+            tasks,
+            fixed_tasks,
+            target_tensor,
+        )
 
     def to(self, device: torch.device | str) -> EncodedSplit:
         return EncodedSplit(
@@ -220,4 +258,5 @@ class EncodedSplit:
             self.rows_by_class,
             self.tasks,
             self.fixed_tasks,
+            None if self.targets is None else self.targets.to(device),
         )
