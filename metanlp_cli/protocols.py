@@ -65,10 +65,15 @@ def fixed_encoder_view(
         return algo, split
     encoder, view = fixed
     algo.eval()
-    chunks = tqdm(split.inputs.split(batch_size), desc=f"encode {split.name}", leave=False, disable=not progress)
-    with torch.no_grad():
-        features = torch.cat([encoder(chunk) for chunk in chunks])
+    features = encode_rows(encoder, split.inputs, batch_size, f"encode {split.name}", progress)
     return view.to(features.device), dataclasses.replace(split, inputs=features)
+
+
+def encode_rows(encoder: nn.Module, inputs: torch.Tensor, batch_size: int, description: str, progress: bool):
+    """`encoder`'s output for every row, `batch_size` rows at a time, without gradients."""
+    chunks = tqdm(inputs.split(batch_size), desc=description, leave=False, disable=not progress)
+    with torch.no_grad():
+        return torch.cat([encoder(chunk) for chunk in chunks])
 
 
 def score_name(episodes: list[Episode]) -> str:
@@ -205,6 +210,34 @@ class KShotProtocol:
         """The support sets of a task, as (name, rows of its train split); None = the whole split."""
         return [(task.name, None)]
 
+    def fixed_encoder_tasks(
+        self, algo: Algorithm, encoder: nn.Module, tasks: list[KShotTask], progress: bool
+    ) -> tuple[Algorithm, nn.Module, list[KShotTask]]:
+        """As `fixed_encoder_view` does for episodes: where adapting leaves the encoder as it is and the
+        inputs are cached frozen-layer outputs, every support set and evaluation split (shared by the
+        training sets of a task) is encoded once, and the algorithm's view runs on those features."""
+        fixed = algo.with_fixed_encoder()
+        if fixed is None or not all(task.support.inputs.is_floating_point() for task in tasks):
+            return algo, encoder, tasks
+        fixed_encoder, view = fixed
+        algo.eval()
+        features: dict[int, torch.Tensor] = {}
+
+        def encoded(inputs: torch.Tensor) -> torch.Tensor:
+            if id(inputs) not in features:  # the tasks' tensors stay alive: ids are not reused
+                features[id(inputs)] = encode_rows(fixed_encoder, inputs, self.batch_size, "encode", progress)
+            return features[id(inputs)]
+
+        tasks = [
+            dataclasses.replace(
+                task,
+                support=Batch(encoded(task.support.inputs), task.support.labels, task.support.classes),
+                evaluation_inputs=encoded(task.evaluation_inputs),
+            )
+            for task in tasks
+        ]
+        return view, view.encoder, tasks
+
     def adapt(self, algo: Algorithm, encoder: nn.Module, task: KShotTask) -> Learner:
         with torch.enable_grad():
             if task.regression:
@@ -216,6 +249,7 @@ class KShotProtocol:
     ) -> dict:
         """`encoder` is the algorithm's own (what a regression head is fitted on)."""
         torch.manual_seed(self.seed)  # for any randomness inside adaptation (fine-tuning's batches)
+        algo, encoder, tasks = self.fixed_encoder_tasks(algo, encoder, tasks, progress)
         algo.eval()
         groups: dict[str, dict] = {}
         for task in tqdm(tasks, desc=f"{self.name} tasks", leave=False, disable=not progress, dynamic_ncols=True):

@@ -77,7 +77,7 @@ METHODS = {
 
 # Meta-training budget per size: steps x meta-batch episodes, validation every eval_interval steps.
 SIZES = {
-    "cpu": ("trainer.steps=300", "trainer.meta_batch_size=4", "trainer.eval_interval=100", "trainer.val_episodes=200"),
+    "cpu": ("trainer.steps=100", "trainer.meta_batch_size=4", "trainer.eval_interval=50", "trainer.val_episodes=200"),
     "full": (
         "trainer.steps=3000",
         "trainer.meta_batch_size=4",

@@ -16,6 +16,7 @@ from metanlp_cli.data.intent import banking77_original, clinc150_original, jsonl
 from metanlp_cli.data.leopard import leopard_tasks
 from metanlp_cli.data.lmbff import lmbff_tasks
 from metanlp_cli.data.types import ClassSplit, TaskCollection
+from metanlp_cli.errors import MetaNLPError
 
 
 def write(path, text: str | bytes):
@@ -305,3 +306,34 @@ def test_csv_rows_spanning_lines_keep_their_first_line_number(tmp_path):
     path = write(tmp_path / "t.csv", 'label,text\n0,"line one\nline two"\n1,ok\n\n2,"x"\n')
     rows = list(read_delimited(path, "csv", BadRows()))
     assert rows == [(1, ["label", "text"]), (2, ["0", "line one\nline two"]), (4, ["1", "ok"]), (6, ["2", "x"])]
+
+
+def test_glue_max_train_examples_keeps_a_seeded_subset_in_file_order(tmp_path):
+    lines = "".join(f"gj04\t{i % 2}\t\tsentence {i}.\n" for i in range(20))
+    write(tmp_path / "CoLA" / "train.tsv", lines)
+
+    def load(max_examples, seed=0):
+        return glue_task(
+            str(tmp_path),
+            "cola",
+            "CoLA/train.tsv",
+            "CoLA/train.tsv",
+            None,
+            header=False,
+            text_columns=[3],
+            label_column=1,
+            label_names=["0", "1"],
+            metrics=["mcc"],
+            max_train_examples=max_examples,
+            sample_seed=seed,
+        ).tasks[0]
+
+    task = load(6)
+    numbers = [int(text.split()[1].rstrip(".")) for text in task.train.texts]
+    assert len(numbers) == 6 and numbers == sorted(numbers) and len(set(numbers)) == 6
+    assert task.train.labels == [n % 2 for n in numbers]  # texts and labels stay paired
+    assert len(task.dev) == 20  # only the train split is subsampled
+    assert load(6).train.texts == task.train.texts and load(6, seed=1).train.texts != task.train.texts
+    assert len(load(50).train) == 20 and "6 of 20 examples" in task.train.source
+    with pytest.raises(MetaNLPError, match="max_train_examples=0"):
+        load(0)

@@ -270,3 +270,32 @@ def test_protonet_episodes_on_features_encoded_once_score_as_episodes_encoded_ea
     # Token ids are left to the per-episode path (padding-width dependent encoders).
     token_split = EncodedSplit.from_tensors("test", torch.ones(len(labels), 4, dtype=torch.long), labels, list("abcd"))
     assert fixed_encoder_view(algo, token_split, progress=False) == (algo, token_split)
+
+
+def test_kshot_with_protonet_encodes_shared_evaluation_rows_once_and_scores_the_same(monkeypatch):
+    from metanlp_cli.algorithms.base import LabelSpace
+    from metanlp_cli.algorithms.protonet import ProtoNet
+
+    torch.manual_seed(1)
+    evaluation_labels = torch.arange(40) % 2
+    evaluation = torch.randn(40, 6) + evaluation_labels.float().unsqueeze(1)
+    tasks = []
+    for seed in range(3):
+        labels = torch.tensor([0, 0, 1, 1])
+        support = Batch(torch.randn(4, 6) + labels.float().unsqueeze(1), labels, torch.arange(2))
+        tasks.append(KShotTask(f"t-seed{seed}", "t", support, evaluation, evaluation_labels, "test", ["accuracy"]))
+    encoder = CountingEncoder(6)
+    algo = ProtoNet(encoder, LabelSpace(2, 2))
+    protocol = KShotProtocol(batch_size=16)
+    once = protocol.run(algo, encoder, tasks, torch.device("cpu"), progress=False)
+    assert encoder.rows == 40 + 3 * 4  # the shared evaluation split once, each support set once
+    encoder.rows = 0
+    monkeypatch.setattr(ProtoNet, "with_fixed_encoder", lambda self: None)
+    each_time = protocol.run(algo, encoder, tasks, torch.device("cpu"), progress=False)
+    assert encoder.rows == 3 * (40 + 4)
+    scores = [
+        run["tasks"]["t"]["training_sets"][f"t-seed{seed}"]["accuracy"]
+        for run in (once, each_time)
+        for seed in range(3)
+    ]
+    assert scores[:3] == pytest.approx(scores[3:]) and min(scores) > 0.6

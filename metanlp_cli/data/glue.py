@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
+
 from metanlp_cli.data.read import BadRows, clean_text, data_path, read_delimited, read_json
 from metanlp_cli.data.types import LabeledTexts, Task, TaskCollection, Text
 from metanlp_cli.errors import MetaNLPError
@@ -149,8 +151,14 @@ def glue_task(
     regression: bool = False,
     metrics: list[str] = ("accuracy",),
     on_bad_rows: str = "error",
+    max_train_examples: int | None = None,
+    sample_seed: int = 0,
 ) -> TaskCollection:
-    """One GLUE task; files are relative to `paths.data_root`, and a null file is a split with no labels."""
+    """One GLUE task; files are relative to `paths.data_root`, and a null file is a split with no labels.
+    `max_train_examples` keeps a random subset of the train split (drawn with `sample_seed`, in file
+    order), a meta-training budget for the high-resource tasks; null keeps them all."""
+    if max_train_examples is not None and max_train_examples < 1:
+        raise MetaNLPError(f"dataset.max_train_examples={max_train_examples}; allowed: an integer >= 1, or null (all)")
     labels, bad = LabelReader(label_names, regression), BadRows(on_bad_rows)
     splits = {
         split: None
@@ -159,6 +167,15 @@ def glue_task(
         for split, file in (("train", train_file), ("dev", dev_file), ("test", test_file))
     }
     bad.log_summary()
+    train = splits["train"]
+    if train is not None and max_train_examples is not None and len(train) > max_train_examples:
+        rows = np.sort(np.random.default_rng(sample_seed).choice(len(train), max_train_examples, replace=False))
+        splits["train"] = LabeledTexts(
+            [train.texts[i] for i in rows],
+            [train.labels[i] for i in rows],
+            train.class_names,
+            f"{train.source} ({max_train_examples} of {len(train)} examples, sample_seed {sample_seed})",
+        )
     task = Task(
         name,
         **splits,
