@@ -50,11 +50,13 @@ def score_run(
 ) -> dict | None:
     """Train (and evaluate) one method in one setting where `execute`; returns its score record, or
     None where it has not run."""
-    run_dir = output_root / size / benchmark.name / method.key / setting.name
+    preset = benchmark.train_preset or benchmark.name
+    run_dir = output_root / size / preset / method.key / setting.name
     train_overrides = [
-        f"experiment={benchmark.name}",
+        f"experiment={preset}",
         *setting.overrides,
         *SIZES[size],
+        *benchmark.size_overrides.get(size, ()),
         *method.overrides,
         f"hydra.run.dir={run_dir}",
         "trainer.progress=false",
@@ -74,18 +76,43 @@ def score_run(
         "benchmark": benchmark.name,
         "setting": setting.name,
         "method": method.key,
-        "run_dir": str(results_dir.relative_to(ROOT)) if results_dir.is_relative_to(ROOT) else str(results_dir),
+        "run_dir": str(results_dir),
         "command": (results_dir / "command.txt").read_text().strip(),
     }
     if "accuracy" in results:  # episodic: per-episode accuracies, paired across methods
         record["score"] = results["accuracy"]
         record["paired_units"] = results["episode_accuracies"]
-    else:  # task protocols (arsc, kshot): each task's main score, paired across methods by task
+        record["cells"] = {setting.name: percent(results["accuracy"])}
+    else:  # task protocols (arsc, kshot, glue_lowres): each task's main score, paired across methods by task
         tasks = results["tasks"]
         record["tasks"] = {name: task["score"] for name, task in tasks.items()}
         record["paired_units"] = [tasks[name]["score"]["mean"] for name in sorted(tasks)]
         record["score"] = mean_confidence_interval(record["paired_units"])
+        if benchmark.name == "arsc":  # one column: the mean over the 12 targets
+            record["cells"] = {setting.name: percent(record["score"])}
+        else:  # a GLUE-style table: a column per task, then the average
+            record["cells"] = {name: task_cell(task) for name, task in tasks.items()}
+            record["cells"]["average"] = f"{100 * results['average']:.2f}"
     return record
+
+
+def task_cell(task: dict) -> str:
+    """A task's metrics as the papers print them: mean (std over training sets) of each, `/`-joined."""
+    scores = [task["scores"][metric] for metric in task["metrics"]]
+    means = "/".join(f"{100 * score['mean']:.1f}" for score in scores)
+    if scores[0].get("count", 1) < 2:
+        return means
+    stds = "/".join(f"{100 * score['std']:.1f}" for score in scores)
+    return f"{means} ({stds})"
+
+
+def published_counterpart(record: dict, column: str) -> float | None:
+    """Our number for a published one's column (a setting, or a task of a task table), in percent."""
+    if column in record.get("tasks", {}):
+        return 100 * record["tasks"][column]["mean"]
+    if column == record["setting"]:
+        return 100 * record["score"]["mean"]
+    return None
 
 
 def paired_difference(record: dict, baseline: dict) -> dict:
@@ -105,6 +132,8 @@ def signed(score: dict) -> str:
 def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
     by_key = {(r["method"], r["setting"]): r for r in records}
     settings = [s.name for s in benchmark.settings]
+    columns = list(dict.fromkeys(column for r in records for column in r["cells"])) or settings
+    cells = {(r["method"], column): value for r in records for column, value in r["cells"].items()}
     baseline_key = next(key for key in benchmark.methods if METHODS[key].baseline)
     lines = [
         f"## {benchmark.title}",
@@ -112,15 +141,15 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
         f"`metanlp train experiment={benchmark.name}`: {benchmark.protocol}. Mean +/- 95% CI over the fixed "
         "test episodes (or, for task protocols, over the tasks).",
         "",
-        "| method | " + " | ".join(settings) + " |",
-        "|---|" + "---|" * len(settings),
+        "| method | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
     for published in {p.method: p for p in benchmark.published}.values():
         values = {p.setting: f"{p.value:.2f}" for p in benchmark.published if p.method == published.method}
-        row = [values.get(s, "") for s in settings]
+        row = [values.get(column, "") for column in columns]
         lines.append(f"| {published.method} (published) | " + " | ".join(row) + " |")
     for key in benchmark.methods:
-        row = [percent(by_key[(key, s)]["score"]) if (key, s) in by_key else "not run" for s in settings]
+        row = [cells.get((key, column), "not run") for column in columns]
         lines.append(f"| metanlp: {METHODS[key].description} | " + " | ".join(row) + " |")
     lines += ["", "Meta-training against the frozen baseline (paired: same test episodes or tasks):", ""]
     for key in benchmark.methods:
@@ -139,15 +168,14 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
     if benchmark.published:
         lines += ["", "Against the published numbers:", ""]
     for published in benchmark.published:
-        ours = [by_key[(k, published.setting)] for k in benchmark.methods if (k, published.setting) in by_key]
+        ours = [(r["method"], value) for r in records if (value := published_counterpart(r, published.setting))]
         if not ours:
             lines.append(f"- {published.setting}, {published.method} {published.value:.2f}: not run")
             continue
-        best = max(ours, key=lambda r: r["score"]["mean"])
-        value = 100 * best["score"]["mean"]
+        best_method, value = max(ours, key=lambda item: item[1])
         verdict = "higher" if value > published.value else "lower"
         lines.append(
-            f"- {published.setting}: ours {value:.2f} ({best['method']}) vs {published.method} {published.value:.2f}: "
+            f"- {published.setting}: ours {value:.2f} ({best_method}) vs {published.method} {published.value:.2f}: "
             f"ours is {verdict} by {abs(value - published.value):.2f}. Source: {published.source}. "
             f"Setting: {published.comparison}."
         )
@@ -173,7 +201,8 @@ def main() -> None:
     if not os.environ.get("METANLP_DATA_ROOT"):
         raise SystemExit("error: METANLP_DATA_ROOT is not set; point it at the benchmark data folder")
 
-    output_root = args.output_root if args.output_root.is_absolute() else ROOT / args.output_root
+    os.chdir(ROOT)  # run directories are shown (and passed to metanlp) relative to the repository
+    output_root = args.output_root
     records, lines = [], []
     started = time.perf_counter()
     for benchmark in BENCHMARKS:  # the report covers every benchmark; those not named come from disk

@@ -58,6 +58,8 @@ class Benchmark:
     published: tuple[Published, ...] = ()
     methods: tuple[str, ...] = ("frozen", "protonet")  # keys of METHODS
     notes: tuple[str, ...] = field(default_factory=tuple)
+    train_preset: str | None = None  # whose trained checkpoints to score (shared meta-training); None = name
+    size_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per size, on top of SIZES
 
 
 METHODS = {
@@ -68,6 +70,11 @@ METHODS = {
         baseline=True,
     ),
     "protonet": Method("protonet", "ProtoNet (cosine), MiniLM top layer meta-trained"),
+    "linear_probe": Method(
+        "linear_probe",
+        "frozen MiniLM, a linear head fitted on each target's training data (fine-tuning, no meta-training)",
+        ("algo=finetune", "backbone.encoder.trainable_layers=0", "trainer.steps=0"),
+    ),
     "maml_head": Method(
         "maml_head",
         "MAML (second order, head adapted in the inner loop), MiniLM top layer meta-trained",
@@ -85,6 +92,11 @@ SIZES = {
         "trainer.val_episodes=600",
         "backbone.encoder.trainable_layers=2",
     ),
+}
+
+# The high-resource GLUE tasks subsampled for the cpu size (103k training texts otherwise).
+GLUE_BUDGET = {
+    "cpu": tuple(f"dataset.tasks.{task}.max_train_examples=1000" for task in ("sst2", "mnli", "qnli", "qqp", "snli"))
 }
 
 BAO = "Bao et al. 2020, Few-shot Text Classification with Distributional Signatures (ICLR), Table 2"
@@ -159,5 +171,43 @@ BENCHMARKS = (
             for method, value in (("Induction Networks", 85.63), ("ProtoNet", 68.17), ("MAML", 78.33))
         ),
         methods=("frozen", "protonet", "maml_head"),
+    ),
+    Benchmark(
+        "glue_lowres",
+        "GLUE low-resource targets (Dou et al. 2019 style)",
+        "meta-train on SST-2 and the MNLI/QNLI/QQP/SNLI samples; adapt on each target's whole train split, "
+        "score its dev split (CoLA MCC, MRPC F1/acc, STS-B Pearson/Spearman, WNLI acc; GLUE's combined score)",
+        (Setting("full train", ("evaluations=[]",), Evaluation("glue_lowres", ("protocol=glue_lowres",))),),
+        methods=("frozen", "linear_probe", "protonet"),
+        notes=(
+            "No published number is set against this table (the paper's BERT-base numbers include RTE, "
+            "which is not in the data folder).",
+        ),
+        size_overrides=GLUE_BUDGET,
+    ),
+    Benchmark(
+        "lmbff16_glue",
+        "LM-BFF K=16 GLUE tasks (Gao et al. 2021 protocol)",
+        "the glue_lowres meta-training, then for each task and each of the 5 seeds' 16-per-label training sets: "
+        "adapt, score the full test set; mean (std) over the seeds",
+        (
+            Setting(
+                "full train", ("evaluations=[]",), Evaluation("kshot_lmbff", ("protocol=kshot", "dataset=lmbff/glue"))
+            ),
+        ),
+        tuple(
+            Published(
+                "LM-BFF fine-tuning, RoBERTa-large",
+                task,
+                value,
+                "Gao et al. 2021, Making Pre-trained Language Models Better Few-shot Learners (ACL), Table 3",
+                "identical K=16 training sets (5 seeds) and test sets; their model RoBERTa-large (355M) fine-tuned, "
+                "ours MiniLM-L6 (22.7M)",
+            )
+            for task, value in (("sst2", 81.4), ("mrpc", 76.6), ("cola", 33.9), ("stsb", 53.5), ("qnli", 60.2))
+        ),
+        methods=("frozen", "linear_probe", "protonet"),
+        train_preset="glue_lowres",
+        size_overrides=GLUE_BUDGET,
     ),
 )
