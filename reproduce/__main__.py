@@ -132,7 +132,8 @@ def signed(score: dict) -> str:
 def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
     by_key = {(r["method"], r["setting"]): r for r in records}
     settings = [s.name for s in benchmark.settings]
-    columns = list(dict.fromkeys(column for r in records for column in r["cells"])) or settings
+    task_table = any("average" in r["cells"] for r in records)  # GLUE-style: a column per task
+    columns = list(dict.fromkeys(column for r in records for column in r["cells"])) if task_table else settings
     cells = {(r["method"], column): value for r in records for column, value in r["cells"].items()}
     baseline_key = next(key for key in benchmark.methods if METHODS[key].baseline)
     lines = [
