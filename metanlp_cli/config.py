@@ -158,7 +158,9 @@ class TrainerConfig:
             raise MetaNLPError(f"trainer.device={self.device!r} is not allowed; allowed: auto, cpu, cuda")
         if self.outer_optimizer not in ("adam", "sgd"):
             raise MetaNLPError(f"trainer.outer_optimizer={self.outer_optimizer!r} is not allowed; allowed: adam, sgd")
-        for name in ("steps", "meta_batch_size", "eval_interval", "val_episodes", "log_interval"):
+        if self.steps < 0:  # 0: no meta-training, the model is validated and tested as initialised
+            raise MetaNLPError(f"trainer.steps={self.steps} must be >= 0 (0: test the model without meta-training)")
+        for name in ("meta_batch_size", "eval_interval", "val_episodes", "log_interval"):
             if getattr(self, name) < 1:
                 raise MetaNLPError(f"trainer.{name}={getattr(self, name)} must be >= 1")
 

@@ -51,6 +51,11 @@ def test_unknown_key_and_wrong_type_name_the_key():
         build(OmegaConf.create({"_target_": "metanlp_cli.algorithms.maml.MAML", "inner_train": inner}), "algo")
     with pytest.raises(MetaNLPError, match=r"trainer.steps: .*'many'"):
         validate(OmegaConf.create({"steps": "many"}), TrainerConfig, "trainer")
+    assert validate(OmegaConf.create({"steps": 0}), TrainerConfig, "trainer").steps == 0  # no meta-training
+    with pytest.raises(MetaNLPError, match=r"trainer.steps=-1 must be >= 0"):
+        validate(OmegaConf.create({"steps": -1}), TrainerConfig, "trainer")
+    with pytest.raises(MetaNLPError, match=r"trainer.meta_batch_size=0 must be >= 1"):
+        validate(OmegaConf.create({"meta_batch_size": 0}), TrainerConfig, "trainer")
 
 
 def test_targets_outside_the_package_are_refused():
