@@ -204,9 +204,11 @@ def main() -> None:
 
     os.chdir(ROOT)  # run directories are shown (and passed to metanlp) relative to the repository
     output_root = args.output_root
-    records, lines = [], []
+    records, sections = [], {}
     started = time.perf_counter()
-    for benchmark in BENCHMARKS:  # the report covers every benchmark; those not named come from disk
+    order = {name: index for index, name in enumerate(args.names)}  # named ones run in the order given
+    for benchmark in sorted(BENCHMARKS, key=lambda b: order.get(b.name, len(order))):
+        # the report covers every benchmark; those not named come from disk
         execute = not args.names or benchmark.name in args.names
         if execute:
             print(f"== {benchmark.name}", flush=True)
@@ -217,7 +219,7 @@ def main() -> None:
         ]
         benchmark_records = [record for record in benchmark_records if record is not None]
         records += benchmark_records
-        lines += benchmark_section(benchmark, benchmark_records)
+        sections[benchmark.name] = benchmark_section(benchmark, benchmark_records)
     header = [
         "# Results",
         "",
@@ -227,6 +229,7 @@ def main() -> None:
         "of the run directory named under it, produced by the command shown there.",
         "",
     ]
+    lines = [line for benchmark in BENCHMARKS for line in sections[benchmark.name]]  # the plan's order
     (ROOT / "RESULTS.md").write_text("\n".join(header + lines) + "\n")
     for record in records:
         record.pop("paired_units")

@@ -73,12 +73,12 @@ METHODS = {
     "linear_probe": Method(
         "linear_probe",
         "frozen MiniLM, a linear head fitted on each target's training data (fine-tuning, no meta-training)",
-        ("algo=finetune", "backbone.encoder.trainable_layers=0", "trainer.steps=0"),
+        ("algo=finetune", "~algo.distance", "backbone.encoder.trainable_layers=0", "trainer.steps=0"),
     ),
     "maml_head": Method(
         "maml_head",
-        "MAML (second order, head adapted in the inner loop), MiniLM top layer meta-trained",
-        ("algo=maml", "algo.inner_params=head", "algo.inner_frozen=[]"),
+        "MAML (second order; the head adapted in the inner loop, lr 5), MiniLM top layer meta-trained",
+        ("algo=maml", "~algo.distance", "algo.inner_params=head", "algo.inner_frozen=[]", "algo.inner_train.lr=5.0"),
     ),
 }
 

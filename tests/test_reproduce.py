@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from metanlp_cli import CONFIG_DIR
-from metanlp_cli.config import build
+from metanlp_cli.config import build, check_arguments
 from reproduce.__main__ import benchmark_section, paired_difference
 from reproduce.plan import BENCHMARKS, METHODS, SIZES
 
@@ -37,6 +37,7 @@ def test_every_planned_run_composes_and_builds_its_protocol(benchmark, size, com
             cfg = compose_config("train", overrides)
             assert cfg.trainer.steps == (0 if key == "linear_probe" else int(SIZES[size][0].split("=")[1]))
             build(cfg.protocol, "protocol")
+            check_arguments(cfg.algo, "algo", {"encoder", "label_space"})
             if METHODS[key].baseline:
                 assert cfg.backbone.encoder.trainable_layers == 0
     assert any(METHODS[key].baseline for key in benchmark.methods)
