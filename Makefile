@@ -42,7 +42,7 @@ bench: $(STAMP) ## run benchmarks/bench_*.py and write BENCHMARKS.md (BENCH="nam
 	$(BIN)/python -m benchmarks $(BENCH)
 
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check metanlp_cli tests
+	$(BIN)/ruff check metanlp_cli tests benchmarks
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache
