@@ -21,7 +21,8 @@ def inner_loop(algo: str) -> str:
     if "inner_train" not in node:
         return "-"
     order = {True: ", first order", False: ", second order"}.get(node.get("first_order"), "")
-    return f"{node.inner_train.steps} steps{order}"
+    adapted = node.get("inner_params", "head")  # ANIL has no key: it adapts the head
+    return f"{node.inner_train.steps} steps{order}, adapts {adapted}"
 
 
 def section(results: dict[Workload, dict], workload: Workload, timing: Timing) -> str:
@@ -46,7 +47,7 @@ def section(results: dict[Workload, dict], workload: Workload, timing: Timing) -
             "64 meta-train classes (the head size of finetune and multitask). One step is the train loop's step: "
             "per episode adapt + meta-loss + backward, then the gradient norm and the outer optimizer step. "
             f"Timing: one fresh process per cell, {timing.threads} torch thread(s), {timing.describe()}; episodes/s = "
-            "meta-batch / seconds per step. "
+            "meta-batch / the median window's seconds per step. "
             f"{MEMORY_METHOD}",
             "",
             *rows,

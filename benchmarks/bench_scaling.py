@@ -75,8 +75,8 @@ def section(results: dict[Workload, dict], timing: Timing, plot_path: Path | Non
             f"Word CNN (`configs/backbone/cnn.yaml`), each algorithm from its YAML, synthetic workload as in "
             f"bench_algorithms ({base.shape()}), CPU, {timing.threads} torch thread(s). Inner steps: `algo.inner_train."
             f"steps` at K = {base.k_shot}; K: `sampler.k_shot` with {base.q_query} queries per class and 5 inner "
-            f"steps. Time: milliseconds per episode of the train loop's step; {timing.describe()}, one fresh "
-            f"process per cell. {MEMORY_METHOD}",
+            f"steps. Time: milliseconds per episode of the train loop's step, the median window; "
+            f"{timing.describe()}, one fresh process per cell. {MEMORY_METHOD}",
             "",
             "### Inner steps",
             "",

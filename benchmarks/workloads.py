@@ -59,7 +59,7 @@ class Workload:
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
-    """How a workload is timed: `warmup` steps untimed, then the median of `repeats` windows of `steps`."""
+    """How a workload is timed: `warmup` steps untimed, then `repeats` timed windows of `steps` steps each."""
 
     warmup: int = 1
     repeats: int = 3
@@ -67,10 +67,7 @@ class Timing:
     threads: int = 1
 
     def describe(self, step: str = "meta-training step") -> str:
-        return (
-            f"{self.warmup} warm-up {step}(s) untimed, then the median of {self.repeats} windows of "
-            f"{self.steps} {step}(s)"
-        )
+        return f"{self.warmup} warm-up {step}(s) untimed, then {self.repeats} timed windows of {self.steps} {step}(s)"
 
 
 def available_cores() -> int:
@@ -136,8 +133,8 @@ def meta_train_step(algo: Algorithm, optimizer: torch.optim.Optimizer, episodes:
     return meta_loss
 
 
-def median_seconds(step: Callable[[int], object], timing: Timing) -> float:
-    """Median seconds per call of `step(index)`, warm-up excluded."""
+def window_seconds(step: Callable[[int], object], timing: Timing) -> list[float]:
+    """Seconds per call of `step(index)` in each timed window, after the untimed warm-up calls."""
     for index in range(timing.warmup):
         step(index)
     windows = []
@@ -146,7 +143,12 @@ def median_seconds(step: Callable[[int], object], timing: Timing) -> float:
         for index in range(timing.steps):
             step(timing.warmup + repeat * timing.steps + index)
         windows.append((time.perf_counter() - started) / timing.steps)
-    return statistics.median(windows)
+    return windows
+
+
+def median_seconds(step: Callable[[int], object], timing: Timing) -> float:
+    """Median seconds per call of `step(index)`, warm-up excluded."""
+    return statistics.median(window_seconds(step, timing))
 
 
 def memory_kib(field: str) -> int | None:

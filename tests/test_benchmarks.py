@@ -60,6 +60,13 @@ def test_flop_count_of_a_known_matmul():
     assert flops == 2 * 16**3 and gflops > 0
 
 
+def test_flop_count_of_the_reference_convolution():
+    in_channels, out_channels, width, length = bench_hardware.CONVOLUTION_SHAPE
+    flops, gflops = bench_hardware.convolution_gflops(2, Timing(warmup=0, repeats=1, steps=1))
+    outputs = 2 * out_channels * (length - width + 1)  # sentences x filters x positions, each a dot product:
+    assert flops == outputs * 2 * in_channels * width and gflops > 0  # a multiply and an add per weight
+
+
 def test_flop_count_of_a_maml_step_includes_the_second_order_backward():
     counts = {}
     for algo in ("maml", "fomaml"):
@@ -76,7 +83,7 @@ def test_measure_runs_a_workload_in_a_fresh_process():
 
 
 def fake_result(seconds: float) -> dict:
-    return {"episodes_per_s": 1 / seconds, "seconds_per_episode": seconds, "resident_mib": 100.0, "peak_training_mib": 7}
+    return {"episodes_per_s": 1 / seconds, "seconds_per_episode": seconds, "resident_mib": 99, "peak_training_mib": 7}
 
 
 def test_scaling_section_and_plot_render(tmp_path):
@@ -92,5 +99,5 @@ def test_scaling_section_and_plot_render(tmp_path):
 def test_algorithm_section_has_a_row_per_algorithm():
     workloads = [Workload(a, b) for a in ("maml", "protonet") for b in bench_algorithms.BACKBONES]
     text = bench_algorithms.section({w: fake_result(0.5) for w in workloads}, Workload("maml", "cnn"), Timing())
-    assert "| maml | 5 steps, second order | 2.00 | 7 |" in text
+    assert "| maml | 5 steps, second order, adapts all | 2.00 | 7 |" in text
     assert "| protonet | - |" in text
