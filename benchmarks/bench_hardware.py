@@ -66,14 +66,20 @@ def workload_step(algo: str) -> tuple[Workload, Callable[[int], float]]:
     return workload, lambda index: meta_train_step(model, optimizer, meta_batches[index % 2])
 
 
-def measure_threads(threads: int) -> tuple[dict[str, tuple[int, float]], list[dict]]:
-    """At `threads` torch threads: {kernel: (FLOPs, peak GFLOP/s)} and one row per algorithm."""
+def kernel_gflops(threads: int) -> dict[str, tuple[int, float]]:
+    """{kernel: (FLOPs, peak GFLOP/s)} at `threads` torch threads."""
     torch.set_num_threads(threads)
     kernels = {
         "matmul": matmul_gflops(MATMUL_SIZE, KERNEL_TIMING),
         "conv1d": convolution_gflops(CONVOLUTION_BATCH, KERNEL_TIMING),
     }
     print(f"   {threads} thread(s): " + ", ".join(f"{k} {v[1]:.1f} GFLOP/s" for k, v in kernels.items()), flush=True)
+    return kernels
+
+
+def workload_rows(kernels: dict[str, tuple[int, float]]) -> list[dict]:
+    """One row per algorithm: FLOPs, time and achieved GFLOP/s at 1 thread, and the share of `kernels`'."""
+    torch.set_num_threads(1)
     rows = []
     for algo in ALGORITHMS:
         workload, step = workload_step(algo)
@@ -83,7 +89,6 @@ def measure_threads(threads: int) -> tuple[dict[str, tuple[int, float]], list[di
         rows.append(
             {
                 "algo": algo,
-                "threads": threads,
                 "gflop_per_episode": flops_per_episode / 1e9,
                 "seconds_per_episode": seconds_per_episode,
                 "gflops": gflops,
@@ -91,8 +96,8 @@ def measure_threads(threads: int) -> tuple[dict[str, tuple[int, float]], list[di
                 "of_conv1d": gflops / kernels["conv1d"][1],
             }
         )
-        print(f"   {algo}/cnn, {threads} thread(s): {gflops:.1f} GFLOP/s", flush=True)
-    return kernels, rows
+        print(f"   {algo}/cnn, 1 thread: {gflops:.1f} GFLOP/s", flush=True)
+    return rows
 
 
 def section(kernels: dict[int, dict[str, tuple[int, float]]], rows: list[dict], cores: int, load: tuple) -> str:
@@ -100,8 +105,8 @@ def section(kernels: dict[int, dict[str, tuple[int, float]]], rows: list[dict], 
     (matmul_flops, _), (convolution_flops, _) = kernels[1]["matmul"], kernels[1]["conv1d"]
     in_channels, out_channels, width, length = CONVOLUTION_SHAPE
     kernel_rows = [f"| {t} | {k['matmul'][1]:.1f} | {k['conv1d'][1]:.1f} |" for t, k in kernels.items()]
-    workload_rows = [
-        f"| {r['algo']} | {r['threads']} | {r['gflop_per_episode']:.3f} | {1000 * r['seconds_per_episode']:.1f} | "
+    algorithm_rows = [
+        f"| {r['algo']} | {r['gflop_per_episode']:.3f} | {1000 * r['seconds_per_episode']:.1f} | "
         f"{r['gflops']:.1f} | {100 * r['of_matmul']:.0f}% | {100 * r['of_conv1d']:.0f}% |"
         for r in rows
     ]
@@ -127,15 +132,14 @@ def section(kernels: dict[int, dict[str, tuple[int, float]]], rows: list[dict], 
             "included), divided by the meta-batch. Only matmuls and convolutions are counted (not embedding "
             "lookups, elementwise ops, pooling or the optimizer), so the achieved GFLOP/s is the rate of the "
             f"dense work, a lower bound of all the work. Time: {WORKLOAD_TIMING.describe()}, the median window, "
-            "at each thread count above.",
+            "1 torch thread (as in the other sections; compared with the 1-thread peaks).",
             "",
-            "| algorithm | torch threads | GFLOP per episode | ms per episode | achieved GFLOP/s | of matmul "
-            "| of conv1d |",
-            "|---|---|---|---|---|---|---|",
-            *workload_rows,
+            "| algorithm | GFLOP per episode | ms per episode | achieved GFLOP/s | of matmul | of conv1d |",
+            "|---|---|---|---|---|---|",
+            *algorithm_rows,
             "",
             f"Load average (1 min) {load[0]:.2f} before and {load[1]:.2f} after, on {os.cpu_count()} cores: where "
-            "other jobs share the cores, the 2-thread figures suffer most (each thread waits for the slowest).",
+            "other jobs share the cores, the all-threads figures suffer most (each thread waits for the slowest).",
             "",
         ]
     )
@@ -144,11 +148,9 @@ def section(kernels: dict[int, dict[str, tuple[int, float]]], rows: list[dict], 
 def main() -> str:
     cores, load_before = available_cores(), os.getloadavg()[0]
     original_threads = torch.get_num_threads()
-    kernels, rows = {}, []
     try:
-        for threads in sorted({1, cores}):
-            kernels[threads], threads_rows = measure_threads(threads)
-            rows += threads_rows
+        kernels = {threads: kernel_gflops(threads) for threads in sorted({1, cores})}
+        rows = workload_rows(kernels[1])
     finally:
         torch.set_num_threads(original_threads)
     return section(kernels, rows, cores, (load_before, os.getloadavg()[0]))

@@ -2,22 +2,19 @@
 train recipe's step, timing it, and measuring its peak memory in a fresh process.
 
 A workload is an algorithm (`configs/algo/NAME.yaml`) on a backbone (`configs/backbone/NAME.yaml`),
-composed and built as `metanlp train` builds them, fed seeded random token ids. Run as a module,
-`python -m benchmarks.workloads WORKLOAD_JSON` measures one workload and prints the result as JSON:
-that is the fresh process `measure` starts.
+composed and built as `metanlp train` builds them, fed seeded random token ids.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import multiprocessing
 import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -64,7 +61,7 @@ class Timing:
     warmup: int = 1
     repeats: int = 3
     steps: int = 1
-    threads: int = 1
+    threads: int = 1  # torch threads of the process that `measure` starts
 
     def describe(self, step: str = "meta-training step") -> str:
         return f"{self.warmup} warm-up {step}(s) untimed, then {self.repeats} timed windows of {self.steps} {step}(s)"
@@ -186,16 +183,13 @@ def measure_here(workload: Workload, timing: Timing) -> dict[str, float | None]:
 
 
 def measure(workload: Workload, timing: Timing) -> dict[str, float | None]:
-    """`measure_here` in a fresh Python process (so no earlier workload's memory is reused), with
-    `timing.threads` OpenMP/MKL threads."""
-    threads = str(timing.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    argument = json.dumps({"workload": dataclasses.asdict(workload), "timing": dataclasses.asdict(timing)})
-    command = [sys.executable, "-m", "benchmarks.workloads", argument]
-    result = subprocess.run(command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        raise RuntimeError(f"{workload} failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """`measure_here` in a fresh process, so that no earlier workload's memory is reused. The process is
+    forked from a server that imported this module (torch, metanlp) once: a new interpreter would spend
+    seconds on imports per workload."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # no effect once the server runs
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(measure_here, workload, timing).result()
 
 
 def measure_all(workloads: list[Workload], timing: Timing, label: str) -> dict[Workload, dict[str, float | None]]:
@@ -212,7 +206,8 @@ def measure_all(workloads: list[Workload], timing: Timing, label: str) -> dict[W
 
 
 MEMORY_METHOD = (
-    "Peak memory: each workload runs in a fresh Python process; after the model, optimizer and episodes are "
+    "Peak memory: each workload runs in a fresh process (forked from one that has only imported torch and "
+    "metanlp); after the model, optimizer and episodes are "
     "built its peak resident size is reset (`/proc/self/clear_refs`), and the figure is the peak resident "
     "size (`VmHWM`) over warm-up and timed steps minus the resident size right after building: the "
     "training's own peak (activations, the autograd graph, gradients, optimizer state), in MiB."
@@ -221,8 +216,3 @@ MEMORY_METHOD = (
 
 def format_mib(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}"
-
-
-if __name__ == "__main__":
-    request = json.loads(sys.argv[1])
-    print(json.dumps(measure_here(Workload(**request["workload"]), Timing(**request["timing"]))))
