@@ -17,7 +17,6 @@ surgery), as learn2learn's `clone_module` / `update_module` do. Both compute the
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.workloads import available_cores
 from metanlp_cli.algorithms.base import LabelSpace
 from metanlp_cli.algorithms.inner_loop import InnerLoop
 from metanlp_cli.algorithms.maml import MAML
@@ -145,10 +145,6 @@ def time_variants(names: list[str], episodes: list[Episode]) -> dict[str, float]
             meta_batches(name, META_BATCHES_PER_REPEAT)
             samples[name].append(META_BATCHES_PER_REPEAT * META_BATCH / (time.perf_counter() - started))
     return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def main() -> str:

@@ -80,7 +80,7 @@ def test_glue_lowres_builds_its_meta_train_and_target_tasks(compose_config, tmp_
     assert [task.name for task in collection.phase_tasks("train")] == ["sst2", "mnli", "qnli", "qqp", "snli"]
     assert [task.name for task in collection.phase_tasks("test")] == ["cola", "mrpc", "stsb", "wnli"]
     assert [name for name, _, _ in collection.episode_parts("train")] == ["sst2", "mnli", "qnli", "qqp", "snli"]
-    assert [name for name, _, _ in collection.episode_parts("test")] == ["cola", "mrpc", "stsb", "wnli"]  # regression too
+    assert [name for name, _, _ in collection.episode_parts("test")] == ["cola", "mrpc", "stsb", "wnli"]
     assert collection.task("stsb").regression and collection.task("mrpc").metrics == ["f1", "accuracy"]
 
     trimmed = compose_config(
