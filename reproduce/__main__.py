@@ -78,6 +78,7 @@ def score_run(
         "method": method.key,
         "run_dir": str(results_dir),
         "command": (results_dir / "command.txt").read_text().strip(),
+        "train_command": (run_dir / "command.txt").read_text().strip(),
     }
     if "accuracy" in results:  # episodic: per-episode accuracies, paired across methods
         record["score"] = results["accuracy"]
@@ -147,12 +148,15 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
     ]
     for published in {p.method: p for p in benchmark.published}.values():
         values = {p.setting: f"{p.value:.2f}" for p in benchmark.published if p.method == published.method}
+        if "average" in columns and all(column in values for column in columns if column != "average"):
+            numbers = [p.value for p in benchmark.published if p.method == published.method]
+            values["average"] = f"{sum(numbers) / len(numbers):.2f}"
         row = [values.get(column, "") for column in columns]
         lines.append(f"| {published.method} (published) | " + " | ".join(row) + " |")
     for key in benchmark.methods:
         row = [cells.get((key, column), "not run") for column in columns]
         lines.append(f"| metanlp: {METHODS[key].description} | " + " | ".join(row) + " |")
-    lines += ["", "Meta-training against the frozen baseline (paired: same test episodes or tasks):", ""]
+    lines += ["", "Each method against the frozen baseline (paired: the same test episodes, or tasks):", ""]
     for key in benchmark.methods:
         if key == baseline_key:
             continue
@@ -165,7 +169,9 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
                 if difference["mean"] - difference["ci95"] > 0
                 else ("is below" if difference["mean"] + difference["ci95"] < 0 else "is not distinguishable from")
             )
-            lines.append(f"- {setting}, {key}: {signed(difference)} points: meta-training {verdict} the baseline")
+            lines.append(
+                f"- {setting}, {key} - {baseline_key}: {signed(difference)} points: {key} {verdict} the baseline"
+            )
     if benchmark.published:
         lines += ["", "Against the published numbers:", ""]
     for published in benchmark.published:
@@ -184,6 +190,8 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
         lines += ["", note]
     lines += ["", "<details><summary>commands and run directories</summary>", ""]
     for record in records:
+        if record["train_command"] != record["command"]:
+            lines.append(f"- {record['method']}, {record['setting']}, trained by: `{record['train_command']}`")
         lines.append(f"- {record['method']}, {record['setting']}: `{record['command']}` -> `{record['run_dir']}`")
     lines += ["", "</details>", ""]
     return lines

@@ -46,7 +46,8 @@ def test_every_planned_run_composes_and_builds_its_protocol(benchmark, size, com
 def record(method: str, setting: str, units: list[float]) -> dict:
     mean = sum(units) / len(units)
     return {
-        "benchmark": "b", "setting": setting, "method": method, "run_dir": f"runs/{method}", "command": "metanlp ...",
+        "benchmark": "b", "setting": setting, "method": method, "run_dir": f"runs/{method}",
+        "command": "metanlp ...", "train_command": "metanlp ...",
         "score": {"mean": mean, "ci95": 0.01}, "paired_units": units, "cells": {setting: f"{100 * mean:.2f}"},
     }  # fmt: skip
 
@@ -61,10 +62,10 @@ def test_the_report_pairs_episodes_and_says_which_side_of_the_published_number_w
     benchmark = next(b for b in BENCHMARKS if b.name == "huffpost_bao2020")  # published 43.0 (1-shot)
     text = "\n".join(benchmark_section(benchmark, [frozen, trained]))
     assert "| metanlp: " + METHODS["frozen"].description + " | 65.00 | not run |" in text
-    assert "- 1-shot, protonet: +7.50 +/- 4.90 points: meta-training beats the baseline" in text
+    assert "- 1-shot, protonet - frozen: +7.50 +/- 4.90 points: protonet beats the baseline" in text
     assert "ours 72.50 (protonet) vs DS-FSL (Bao et al.) 43.00: ours is higher by 29.50" in text
     assert "- 5-shot, DS-FSL (Bao et al.) 63.50: not run" in text
 
     worse = record("protonet", "1-shot", [0.4, 0.5, 0.6, 0.7])
     text = "\n".join(benchmark_section(benchmark, [frozen, worse]))
-    assert "meta-training is below the baseline" in text
+    assert "protonet is below the baseline" in text
