@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from metanlp_cli.algorithms.base import LabelSpace
 from metanlp_cli.checkpoint import load_checkpoint
@@ -34,7 +35,15 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     checkpoint = load_checkpoint(cfg.checkpoint)
     run_cfg = apply_overrides(OmegaConf.create(checkpoint["config"]), cfg, overrides, skip=EVAL_ONLY_KEYS)
     run_cfg.paths = cfg.paths  # where data lives is this machine's business, not the checkpoint's
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(run_cfg, resolve=True))
+    try:  # the training episodes play no part here, and may follow a protocol that is not this one
+        OmegaConf.to_container(run_cfg.get("sampler", {}), resolve=True)
+    except OmegaConfBaseException:
+        run_cfg.pop("sampler")
+    try:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(run_cfg, resolve=True))
+    except OmegaConfBaseException as error:  # e.g. a key the checkpoint's config refers to is gone
+        message = str(error).splitlines()[0]
+        raise MetaNLPError(f"the checkpoint's config does not resolve with these overrides: {message}") from None
     if cfg.split not in ("train", "val", "test"):
         raise MetaNLPError(f"split={cfg.split!r} is not allowed; allowed: train, val, test")
 
