@@ -1,7 +1,7 @@
 """`make results`: run the published-setting presets through the metanlp CLI and write RESULTS.md
 (and RESULTS.json, the same numbers for machines).
 
-    python -m reproduce [--size cpu|full] [--output-root DIR] [NAME ...]
+    python -m reproduce [--size cpu|full] [--output-root DIR] [--report-only] [NAME ...]
 
 Every number comes from a run directory's results.json, written by the command shown next to it;
 a run whose results.json exists is not run again (so an interrupted `make results` resumes).
@@ -202,6 +202,7 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
     parser.add_argument("--output-root", default="outputs/results", type=Path)
+    parser.add_argument("--report-only", action="store_true", help="write RESULTS.md from the runs on disk, run none")
     args = parser.parse_args()
     known = [b.name for b in BENCHMARKS]
     unknown = [name for name in args.names if name not in known]
@@ -217,7 +218,7 @@ def main() -> None:
     order = {name: index for index, name in enumerate(args.names)}  # named ones run in the order given
     for benchmark in sorted(BENCHMARKS, key=lambda b: order.get(b.name, len(order))):
         # the report covers every benchmark; those not named come from disk
-        execute = not args.names or benchmark.name in args.names
+        execute = not args.report_only and (not args.names or benchmark.name in args.names)
         if execute:
             print(f"== {benchmark.name}", flush=True)
         benchmark_records = [
