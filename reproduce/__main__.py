@@ -51,7 +51,7 @@ def score_run(
     """Train (and evaluate) one method in one setting where `execute`; returns its score record, or
     None where it has not run."""
     preset = benchmark.train_preset or benchmark.name
-    run_dir = output_root / size / preset / method.key / setting.name
+    run_dir = output_root / size / preset / method.key / (setting.train_name or setting.name)
     train_overrides = [
         f"experiment={preset}",
         *setting.overrides,
@@ -154,6 +154,12 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
         row = [values.get(column, "") for column in columns]
         lines.append(f"| {published.method} (published) | " + " | ".join(row) + " |")
     for key in benchmark.methods:
+        if task_table and len(settings) > 1:  # a row per setting (K), the tasks as columns
+            for setting in settings:
+                record = by_key.get((key, setting), {"cells": {}})
+                row = [record["cells"].get(column, "not run") for column in columns]
+                lines.append(f"| metanlp: {METHODS[key].description}, {setting} | " + " | ".join(row) + " |")
+            continue
         row = [cells.get((key, column), "not run") for column in columns]
         lines.append(f"| metanlp: {METHODS[key].description} | " + " | ".join(row) + " |")
     lines += ["", "Each method against the frozen baseline (paired: the same test episodes, or tasks):", ""]

@@ -39,6 +39,7 @@ class Setting:
     name: str
     overrides: tuple[str, ...] = ()
     evaluation: Evaluation | None = None
+    train_name: str | None = None  # the training run it scores, where settings share one (default: `name`)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,8 @@ SIZES = {
         "backbone.encoder.trainable_layers=2",
     ),
 }
+
+LEOPARD = ("airline", "conll", "disaster", "political_audience", "political_bias", "political_message")
 
 # The high-resource GLUE tasks subsampled for the cpu size (103k training texts otherwise).
 GLUE_BUDGET = {
@@ -220,6 +223,28 @@ BENCHMARKS = (
             for task, value in (("sst2", 81.4), ("mrpc", 76.6), ("cola", 33.9), ("stsb", 53.5), ("qnli", 60.2))
         ),
         methods=("frozen", "linear_probe", "protonet"),
+        train_preset="glue_lowres",
+        size_overrides=GLUE_BUDGET,
+    ),
+    Benchmark(
+        "leopard",
+        "LEOPARD target tasks (Bansal et al. 2020 protocol)",
+        "the glue_lowres meta-training, then for each of the six tasks and each of its 10 training sets of K "
+        "examples per label: adapt, score the task's eval file (accuracy); mean (std) over the training sets",
+        tuple(
+            Setting(
+                f"K={k}",
+                ("evaluations=[]",),
+                Evaluation(
+                    f"kshot_leopard_k{k}",
+                    ("protocol=kshot", "dataset=leopard/all", *(f"dataset.tasks.{task}.k={k}" for task in LEOPARD)),
+                ),
+                train_name="full train",
+            )
+            for k in (4, 8, 16)
+        ),
+        methods=("frozen", "linear_probe", "protonet"),
+        notes=("No published number is set against this table in this report (the issue lists none for LEOPARD).",),
         train_preset="glue_lowres",
         size_overrides=GLUE_BUDGET,
     ),

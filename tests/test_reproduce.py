@@ -12,7 +12,7 @@ from reproduce.plan import BENCHMARKS, METHODS, SIZES
 
 ISSUE_PRESETS = {
     "huffpost_bao2020", "reuters_bao2020", "banking77_protaugment", "clinc150_protaugment",
-    "arsc", "fewrel", "lmbff16_glue", "glue_lowres",
+    "arsc", "fewrel", "lmbff16_glue", "glue_lowres", "leopard",
 }  # fmt: skip
 
 
