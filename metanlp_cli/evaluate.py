@@ -30,15 +30,22 @@ log = logging.getLogger(__name__)
 EVAL_ONLY_KEYS = {"checkpoint", "split", "paths"}
 
 
+def drop_unresolvable_sampler(run_cfg: DictConfig) -> None:
+    """Leave out the training sampler where it no longer resolves: it plays no part in evaluation, and a
+    preset's sampler may follow its training protocol (`k_shot: ${protocol.k_shot}`), which an eval-time
+    `protocol=arsc` replaces."""
+    try:
+        OmegaConf.to_container(run_cfg.get("sampler", {}), resolve=True)
+    except OmegaConfBaseException:
+        run_cfg.pop("sampler")
+
+
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Score a checkpoint. With no overrides this reproduces the training run's results.json."""
     checkpoint = load_checkpoint(cfg.checkpoint)
     run_cfg = apply_overrides(OmegaConf.create(checkpoint["config"]), cfg, overrides, skip=EVAL_ONLY_KEYS)
     run_cfg.paths = cfg.paths  # where data lives is this machine's business, not the checkpoint's
-    try:  # the training episodes play no part here, and may follow a protocol that is not this one
-        OmegaConf.to_container(run_cfg.get("sampler", {}), resolve=True)
-    except OmegaConfBaseException:
-        run_cfg.pop("sampler")
+    drop_unresolvable_sampler(run_cfg)
     try:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(run_cfg, resolve=True))
     except OmegaConfBaseException as error:  # e.g. a key the checkpoint's config refers to is gone

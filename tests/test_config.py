@@ -61,3 +61,15 @@ def test_unknown_key_and_wrong_type_name_the_key():
 def test_targets_outside_the_package_are_refused():
     with pytest.raises(MetaNLPError, match="not allowed"):
         build(OmegaConf.create({"_target_": "os.system", "command": "echo hi"}), "dataset")
+
+
+def test_eval_leaves_out_a_training_sampler_that_follows_a_replaced_protocol():
+    from metanlp_cli.evaluate import drop_unresolvable_sampler
+
+    kept = OmegaConf.create({"protocol": {"k_shot": 5}, "sampler": {"k_shot": "${protocol.k_shot}"}})
+    drop_unresolvable_sampler(kept)
+    assert kept.sampler.k_shot == 5
+    replaced = OmegaConf.create({"protocol": {"batch_size": 64}, "sampler": {"k_shot": "${protocol.k_shot}"}})
+    drop_unresolvable_sampler(replaced)  # protocol=arsc has no k_shot
+    assert "sampler" not in replaced
+    OmegaConf.to_yaml(replaced, resolve=True)  # what eval writes now resolves
