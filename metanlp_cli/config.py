@@ -7,6 +7,7 @@ torch optimizer), and every key must be a parameter of that target with a value 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import types
@@ -14,18 +15,47 @@ import typing
 from typing import Any
 
 import hydra.utils
+import torch
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from metanlp_cli import CONFIG_DIR
 from metanlp_cli.errors import MetaNLPError
 
-ALLOWED_TARGET_PREFIXES = ("metanlp_cli.", "torch.optim.")
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
+def _targets_in(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["_target_"]} if isinstance(node.get("_target_"), str) else set()
+        return found.union(*(_targets_in(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_targets_in(value) for value in node))
+    return set()
+
+
+@functools.cache
+def allowed_targets() -> frozenset[str]:
+    """The constructors a config may name: those that metanlp's own YAML files name, and torch's optimizers.
+    A config (a checkpoint's saved one included) is input, so it can never name any other callable."""
+    named = set()
+    for path in CONFIG_DIR.rglob("*.yaml"):
+        named |= _targets_in(yaml.safe_load(path.read_text()))
+    optimizers = {
+        f"torch.optim.{name}"
+        for name, value in vars(torch.optim).items()
+        if isinstance(value, type) and issubclass(value, torch.optim.Optimizer) and value is not torch.optim.Optimizer
+    }
+    return frozenset(target for target in named if target.startswith("metanlp_cli.")) | optimizers
+
+
 def resolve_target(path: str, key: str) -> Any:
-    if not isinstance(path, str) or not path.startswith(ALLOWED_TARGET_PREFIXES):
-        raise MetaNLPError(f"{key}._target_={path!r} is not allowed; targets must be inside metanlp_cli.")
+    if not isinstance(path, str) or path not in allowed_targets():
+        raise MetaNLPError(
+            f"{key}._target_={path!r} is not allowed; targets must be a metanlp_cli constructor named in configs/ "
+            "or a torch.optim optimizer"
+        )
     module_name, _, attribute = path.rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), attribute)
@@ -66,6 +96,18 @@ def is_target_dict(value: Any) -> bool:
     return isinstance(value, DictConfig) and len(value) > 0 and all(is_target(child) for child in value.values())
 
 
+def refuse_nested_targets(value: Any, key: str) -> None:
+    """A `_target_` anywhere inside a plain value (a list, a dict of settings) is refused, never instantiated."""
+    if isinstance(value, DictConfig):
+        for name, child in value.items_ex(resolve=False):
+            if name in HYDRA_KEYS:
+                raise MetaNLPError(f"{key}.{name} is not allowed inside a plain value; only a config node may have it")
+            refuse_nested_targets(child, f"{key}.{name}")
+    elif isinstance(value, ListConfig):
+        for index, child in enumerate(value._iter_ex(resolve=False)):
+            refuse_nested_targets(child, f"{key}[{index}]")
+
+
 def check_arguments(node: DictConfig, key: str, provided: set[str] = frozenset()) -> None:
     """Every key of `node` is a parameter of its `_target_`, with a value of the hinted type."""
     target = resolve_target(node.get("_target_"), key)
@@ -77,8 +119,10 @@ def check_arguments(node: DictConfig, key: str, provided: set[str] = frozenset()
     parameters = {name: p for name, p in signature.parameters.items() if p.kind is not p.VAR_KEYWORD}
     takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     for name in node:
-        if name in HYDRA_KEYS:
+        if name in ("_target_", "_partial_"):
             continue
+        if name in HYDRA_KEYS:
+            raise MetaNLPError(f"{key}.{name} is not allowed; a config node may set only _target_ and _partial_")
         if name not in parameters:
             if takes_any:
                 continue
@@ -92,6 +136,7 @@ def check_arguments(node: DictConfig, key: str, provided: set[str] = frozenset()
             for entry, child in value.items():
                 check_arguments(child, f"{key}.{name}.{entry}")
             continue
+        refuse_nested_targets(value, f"{key}.{name}")
         plain = OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
         if name in hints and not _accepts(hints[name], plain):
             expected = getattr(hints[name], "__name__", str(hints[name]))
@@ -108,7 +153,8 @@ def build(node: DictConfig, key: str, **provided: Any) -> Any:
         children = {name: value for name, value in node.items() if is_target(value) or is_target_dict(value)}
         plain = OmegaConf.create({name: value for name, value in node.items() if name not in children})
         # Runtime objects go to the partial, not through OmegaConf (which would convert dataclasses).
-        factory = hydra.utils.instantiate(plain, _partial_=True, _convert_="all")
+        # Not recursive: every nested target was checked and is built below; nothing else is instantiated.
+        factory = hydra.utils.instantiate(plain, _partial_=True, _convert_="all", _recursive_=False)
     except OmegaConfBaseException as error:
         raise MetaNLPError(f"{key}: {error.msg if hasattr(error, 'msg') else error}") from None
     children = {
