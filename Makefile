@@ -35,7 +35,7 @@ test-full: $(STAMP) ## everything, slow end-to-end checks included
 	$(PYTEST) -q --run-slow
 
 smoke: $(STAMP) ## one tiny train + eval through the CLI
-	$(BIN)/metanlp train trainer=smoke hydra.run.dir=outputs/smoke/train
+	$(BIN)/metanlp train debug=smoke hydra.run.dir=outputs/smoke/train
 	$(BIN)/metanlp eval checkpoint=outputs/smoke/train/checkpoints/best.pt hydra.run.dir=outputs/smoke/eval
 
 bench: $(STAMP) ## run benchmarks/bench_*.py and write BENCHMARKS.md (BENCH="name ..." for some)

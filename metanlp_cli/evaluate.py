@@ -20,6 +20,7 @@ from metanlp_cli.components import (
     load_dataset,
     resolve_device,
 )
+from metanlp_cli.compose import check_composition, check_group_choices
 from metanlp_cli.config import TrainerConfig, apply_overrides, build, validate
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.protocols import KShotProtocol
@@ -114,8 +115,6 @@ def evaluation_name(overrides: list[str]) -> str:
 def check_evaluations(evaluations) -> list[tuple[str, list[str], DictConfig]]:
     """A train config's `evaluations` (override lists of `metanlp eval`), each composed with the eval config
     now, so that a bad one stops the run before training. Returns (folder name, overrides, eval config)."""
-    from metanlp_cli.cli import check_composition, check_group_choices
-
     plain = OmegaConf.to_container(evaluations) if isinstance(evaluations, ListConfig) else evaluations
     if not isinstance(plain, list) or not all(
         isinstance(overrides, list) and all(isinstance(o, str) for o in overrides) for overrides in plain

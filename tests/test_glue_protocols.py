@@ -274,7 +274,7 @@ def test_folds_train_one_run_per_fold_and_average_them(tmp_path):
     run_dir = tmp_path / "run"
     result = metanlp(
         "train",
-        "trainer=smoke",
+        "debug=smoke",
         "dataset=banking77",
         *SMALL_EPISODES,
         "protocol.folds=[1,2]",
@@ -305,7 +305,7 @@ def test_evaluations_run_after_training_into_the_run_directory(tmp_path, compose
     run_dir = tmp_path / "run"
     result = metanlp(
         "train",
-        "trainer=smoke",
+        "debug=smoke",
         "evaluations=[['protocol=kshot','dataset=lmbff/sst2','dataset.k=4','dataset.seeds=[13,21]'],"
         "['protocol=glue_lowres','dataset=glue/lowres']]",
         f"paths.data_root={tmp_path}",
@@ -349,7 +349,7 @@ BAD_EVALUATIONS = [
 @pytest.mark.smoke
 @pytest.mark.parametrize("override,message", BAD_EVALUATIONS, ids=[o for o, _ in BAD_EVALUATIONS])
 def test_bad_evaluations_and_folds_stop_before_training_in_one_line(override, message, tmp_path):
-    result = metanlp("train", "trainer=smoke", override, f"hydra.run.dir={tmp_path}")
+    result = metanlp("train", "debug=smoke", override, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2, (result.stdout, result.stderr)
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], result.stderr

@@ -120,7 +120,7 @@ def write_lmbff(root, k: int, seeds: list[int]) -> None:
 def test_eval_runs_the_kshot_protocol_on_a_checkpoint(tmp_path):
     write_lmbff(tmp_path, k=4, seeds=[13, 21])
     run_dir = tmp_path / "run"
-    trained = metanlp("train", "trainer=smoke", "algo=protonet", f"hydra.run.dir={run_dir}")
+    trained = metanlp("train", "debug=smoke", "algo=protonet", f"hydra.run.dir={run_dir}")
     assert trained.returncode == 0, trained.stderr
     evaluated = metanlp(
         "eval",
@@ -183,7 +183,7 @@ def write_arsc(root) -> None:
 def test_eval_runs_the_arsc_protocol_on_a_checkpoint(tmp_path):
     write_arsc(tmp_path)
     run_dir = tmp_path / "run"
-    trained = metanlp("train", "trainer=smoke", "algo=protonet", f"hydra.run.dir={run_dir}")
+    trained = metanlp("train", "debug=smoke", "algo=protonet", f"hydra.run.dir={run_dir}")
     assert trained.returncode == 0, trained.stderr
     evaluated = metanlp(
         "eval",
