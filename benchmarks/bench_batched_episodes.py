@@ -14,8 +14,8 @@ from metanlp_cli.algorithms.base import Algorithm, LabelSpace
 from metanlp_cli.algorithms.meta_step import meta_batch_episodes, meta_step
 from metanlp_cli.algorithms.protonet import ProtoNet
 from metanlp_cli.backbones.pretrained import PretrainedEncoder, PretrainedTokenizer
-from metanlp_cli.components import cache_frozen_features
 from metanlp_cli.data.builtin import chatterbot_topics
+from metanlp_cli.data.cache import cache_frozen_features
 from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.sampling import EpisodeSampler
 

@@ -25,6 +25,7 @@ PLUGINS = {
     ("hydra/launcher", "slurm"): "hydra_plugins.hydra_submitit_launcher",
 }
 
+
 def config_groups() -> dict[str, list[str]]:
     """Every config group (a folder of configs/) with its choices, nested ones as `glue/cola`."""
     groups = {}

@@ -28,13 +28,13 @@ from metanlp_cli.checkpoint import (
 from metanlp_cli.components import (
     build_algorithm,
     build_encoder,
-    cache_frozen_features,
     encode_splits,
     load_dataset,
     resolve_device,
     training_texts,
 )
 from metanlp_cli.config import TrainerConfig, build, validate
+from metanlp_cli.data.cache import cache_frozen_features
 from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.errors import MetaNLPError, RunInterrupted
 from metanlp_cli.evaluate import check_evaluations, run_evaluations
@@ -232,7 +232,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
 
     # Test: the best checkpoint by validation score, on the protocol's fixed test episodes.
     algo.load_state_dict(load_checkpoint(checkpoint_dir / "best.pt")["model"])
-    results = protocol.run(algo, splits["test"], device, trainer.progress)
+    results = protocol.score(algo, splits["test"], device, trainer.progress)
     results.update(
         dataset=choices.get("dataset"),
         algo=choices.get("algo"),

@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from metanlp_cli.algorithms.base import Algorithm
-from metanlp_cli.components import kshot_tasks
 from metanlp_cli.config import build, check_arguments
 from metanlp_cli.data.types import LabeledTexts, Task, TaskCollection
 from metanlp_cli.errors import MetaNLPError
@@ -170,8 +169,8 @@ def fixture_collection() -> TaskCollection:
 
 def run_glue_lowres(protocol, tmp_path):
     collection = fixture_collection()
-    tasks = kshot_tasks(WordTokenizerAdapter(), collection, "test", nn.Identity(), torch.device("cpu"), protocol)
-    return tasks, protocol.run(FirstTokenAlgorithm(), nn.Identity(), tasks, torch.device("cpu"), progress=False)
+    prepared = protocol.prepare(WordTokenizerAdapter(), collection, "test", nn.Identity(), torch.device("cpu"))
+    return prepared.tasks, protocol.score(FirstTokenAlgorithm(), prepared, torch.device("cpu"), progress=False)
 
 
 class WordTokenizerAdapter:
@@ -216,11 +215,11 @@ def test_kshot_errors_name_the_protocol_in_use():
     with pytest.raises(
         MetaNLPError, match="task a of fixture needs a train split and a dev split for protocol=glue_lowres"
     ):
-        kshot_tasks(WordTokenizerAdapter(), collection, "test", nn.Identity(), "cpu", GlueLowResourceProtocol())
+        GlueLowResourceProtocol().prepare(WordTokenizerAdapter(), collection, "test", nn.Identity(), "cpu")
     with pytest.raises(MetaNLPError, match=r"split='val' with protocol=glue_lowres; allowed: test"):
-        kshot_tasks(WordTokenizerAdapter(), collection, "val", nn.Identity(), "cpu", GlueLowResourceProtocol())
+        GlueLowResourceProtocol().prepare(WordTokenizerAdapter(), collection, "val", nn.Identity(), "cpu")
     with pytest.raises(MetaNLPError, match="for protocol=arsc"):
-        kshot_tasks(WordTokenizerAdapter(), collection, "test", nn.Identity(), "cpu", ArscProtocol())
+        ArscProtocol().prepare(WordTokenizerAdapter(), collection, "test", nn.Identity(), "cpu")
 
 
 def test_fold_results_are_the_mean_of_the_folds_by_hand():

@@ -20,7 +20,7 @@ from metanlp_cli.algorithms.inner_loop import InnerLoop
 from metanlp_cli.algorithms.maml import MAML
 from metanlp_cli.algorithms.protonet import ProtoNet
 from metanlp_cli.backbones.pretrained import PretrainedEncoder, PretrainedTokenizer, unpack
-from metanlp_cli.components import cache_frozen_features
+from metanlp_cli.data.cache import cache_frozen_features
 from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.protocols import episode_scores
@@ -437,7 +437,7 @@ def test_train_recipe_reads_frozen_features_from_the_cache_on_a_second_run(tiny_
     results = []
     for run in ("first", "second"):
         (tmp_path / run).mkdir()
-        with caplog.at_level(logging.INFO, logger="metanlp_cli.components"):
+        with caplog.at_level(logging.INFO, logger="metanlp_cli.data.cache"):
             caplog.clear()
             train.run(cfg, tmp_path / run, {"algo": "protonet", "backbone": "pretrained", "dataset": "chatterbot"})
         results.append(json.loads((tmp_path / run / "results.json").read_text())["episode_accuracies"])
