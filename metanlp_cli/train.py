@@ -38,9 +38,9 @@ from metanlp_cli.data.cache import cache_frozen_features
 from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.errors import MetaNLPError, RunInterrupted
 from metanlp_cli.evaluate import check_evaluations, run_evaluations
-from metanlp_cli.metrics import mean_confidence_interval
 from metanlp_cli.protocols import EpisodicProtocol, episode_scores, fixed_encoder_view, score_name
-from metanlp_cli.results import format_score, summary_line, write_results
+from metanlp_cli.results import summary_line, write_results
+from metanlp_cli.stats import format_score, mean_confidence_interval
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ from metanlp_cli.components import Dataset, encode_splits
 from metanlp_cli.data.cache import cache_frozen_features
 from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.errors import MetaNLPError
-from metanlp_cli.metrics import accuracy, mean_confidence_interval, task_scores
+from metanlp_cli.metrics import accuracy, task_scores
 from metanlp_cli.sampling import Batch, Episode, EpisodeSampler
+from metanlp_cli.stats import mean_confidence_interval
 
 log = logging.getLogger(__name__)
 

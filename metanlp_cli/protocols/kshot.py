@@ -21,9 +21,10 @@ from metanlp_cli.components import Dataset
 from metanlp_cli.data.cache import FeatureCache, TokenCache, frozen_features_of
 from metanlp_cli.data.types import Task, TaskCollection
 from metanlp_cli.errors import MetaNLPError
-from metanlp_cli.metrics import mean_confidence_interval, task_scores
+from metanlp_cli.metrics import task_scores
 from metanlp_cli.protocols.episodic import encode_rows
 from metanlp_cli.sampling import Batch
+from metanlp_cli.stats import mean_confidence_interval
 
 log = logging.getLogger(__name__)
 
