@@ -45,8 +45,10 @@ SIZE ?= cpu
 results: $(STAMP) ## run the published-setting presets and write RESULTS.md (SIZE=cpu|full, RESULTS="name ..." for some; needs METANLP_DATA_ROOT)
 	$(BIN)/python -m reproduce --size $(SIZE) $(RESULTS)
 
-lint: $(STAMP) ## ruff
-	$(BIN)/ruff check metanlp_cli tests benchmarks reproduce
+LINT_PATHS := metanlp_cli tests benchmarks reproduce
+lint: $(STAMP) ## ruff check and ruff format --check (what CI runs before the tests)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache
