@@ -114,7 +114,7 @@ def build_workload(workload: Workload, seed: int = 0) -> tuple[Algorithm, torch.
     return algo, optimizer, [episodes[: workload.meta_batch], episodes[workload.meta_batch :]]
 
 
-def meta_train_step(algo: Algorithm, optimizer: torch.optim.Optimizer, episodes: list[Episode], step: int) -> float:
+def meta_train_step(algo: Algorithm, optimizer: torch.optim.Optimizer, episodes: list[Episode], step: int = 0) -> float:
     """Meta-batch `step` through the train recipe's own step (`meta_step`, one process, no clipping), with
     the episode seeds the recipe would give them. Returns the meta-loss."""
     seeds = [episode_seed(0, step * len(episodes) + index) for index in range(len(episodes))]
