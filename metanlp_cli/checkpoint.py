@@ -23,7 +23,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metanlp_cli.errors import MetaNLPError, RunInterrupted
-from metanlp_cli.faults import fault_point
 
 FORMAT_VERSION = 1
 # What a run directory holds once a run has something to lose: a second run there is refused.
@@ -38,10 +37,8 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         with os.fdopen(handle, "wb") as file:
             torch.save({"format": FORMAT_VERSION, **payload}, file)
             file.flush()
-            fault_point("save", path.name, payload.get("step"), "written")  # the temporary is complete
             os.fsync(file.fileno())
         os.replace(temporary, path)
-        fault_point("save", path.name, payload.get("step"), "renamed")
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
