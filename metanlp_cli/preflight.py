@@ -99,12 +99,14 @@ def check_run(command: str, cfg: DictConfig, parsed: list) -> None:
     from metanlp_cli.checkpoint import refuse_existing_run
 
     run_dir = hydra_value(parsed, "hydra.run.dir")
+    if run_dir is not None and "${" in run_dir:  # an interpolation: only Hydra knows the folder
+        run_dir = None
     resuming = command == "train" and cfg.get("resume") not in (None, False, "", "null", "false")
     if run_dir is not None and command == "train" and not resuming:
         refuse_existing_run(Path(run_dir))
     if run_dir is not None:
         check_writable_folder(run_dir, "hydra.run.dir")
-    elif "paths" in cfg and cfg.paths.get("output_root"):
+    elif command in ("train", "eval") and "paths" in cfg and cfg.paths.get("output_root"):
         check_writable_folder(str(cfg.paths.output_root), "paths.output_root")
     cache_dir = cfg.paths.get("cache_dir") if "paths" in cfg else None
     if cache_dir is not None and Path(str(cache_dir)).exists() and not Path(str(cache_dir)).is_dir():
