@@ -4,11 +4,12 @@ a count and an example, and dropped with `dataset.dedupe=true` (the first occurr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections import Counter
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, open_dict
 
 from metanlp_cli.data.types import ClassSplit, LabeledTexts, TaskCollection
 from metanlp_cli.errors import MetaNLPError
@@ -25,8 +26,9 @@ def dataset_node(node: DictConfig) -> tuple[DictConfig, bool]:
         raise MetaNLPError(f"dataset.dedupe={dedupe!r} is not allowed; allowed: true, false")
     if "dedupe" not in node:
         return node, dedupe
-    node = OmegaConf.create(OmegaConf.to_container(node, resolve=False))
-    node.pop("dedupe")
+    node = copy.deepcopy(node)  # keeps its parent, so that `${paths.data_root}` still resolves
+    with open_dict(node):
+        node.pop("dedupe")
     return node, dedupe
 
 
