@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from metanlp_cli import CONFIG_DIR, __version__
+from metanlp_cli import CONFIG_DIR, __version__, preflight
 from metanlp_cli.checkpoint import find_last_checkpoint
 from metanlp_cli.compose import check_composition, check_group_choices, check_sweep_options, config_groups
 from metanlp_cli.distributed import launched_world_size
@@ -82,13 +82,14 @@ def _train_task(cfg):
     from hydra.core.hydra_config import HydraConfig
 
     from metanlp_cli import folds, train
-    from metanlp_cli.checkpoint import resumed_config
+    from metanlp_cli.checkpoint import resume_hint_on_interrupt, resumed_config
 
     hydra_cfg = HydraConfig.get()
-    cfg, choices = resumed_config(cfg, dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task))
-    if cfg.protocol.get("folds"):  # one run per fold, in RUN/fold<K>/, and the mean over them
-        return folds.run(cfg, Path(hydra_cfg.runtime.output_dir), choices, train.run)
-    return train.run(cfg, Path(hydra_cfg.runtime.output_dir), choices)
+    with resume_hint_on_interrupt(Path(hydra_cfg.runtime.output_dir)):  # Ctrl-C outside the loop: one line
+        cfg, choices = resumed_config(cfg, dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task))
+        if cfg.protocol.get("folds"):  # one run per fold, in RUN/fold<K>/, and the mean over them
+            return folds.run(cfg, Path(hydra_cfg.runtime.output_dir), choices, train.run)
+        return train.run(cfg, Path(hydra_cfg.runtime.output_dir), choices)
 
 
 def _eval_task(cfg):
@@ -135,11 +136,15 @@ def main(argv: list[str] | None = None) -> None:
             raise MetaNLPError(f"config folder {CONFIG_DIR} not found; install metanlp with `pip install -e .`")
         overrides = _overrides(rest)
         multirun = any(flag in rest for flag in ("-m", "--multirun"))
+        parsed = preflight.parse_overrides(overrides)  # `=5`, `trainer.steps=[1`: one line, also under -m
         check_group_choices(overrides)
         check_sweep_options(overrides, multirun)
         cfg = None
         if not multirun and not any(flag in rest for flag in ("--help", "-h", "--hydra-help")):
             cfg = check_composition(COMMANDS[command][0], overrides)
+            preflight.check_run(command, cfg, parsed)
+        if multirun and command == "train":  # every job's values, before the first job runs
+            preflight.check_sweep(overrides, lambda job: check_composition("train", job))
         if command == "train":
             rest = resume_arguments(rest, cfg.paths.output_root if cfg else None, multirun)
             rest = launch_arguments(rest, multirun)

@@ -13,6 +13,7 @@ from torch import nn
 from metanlp_cli.algorithms.base import Algorithm, LabelSpace
 from metanlp_cli.config import build
 from metanlp_cli.data.cache import TokenCache
+from metanlp_cli.data.duplicates import dataset_node, handle_duplicates
 from metanlp_cli.data.types import PHASE_SPLITS, ClassSplit, EncodedSplit, TaskCollection, Text
 from metanlp_cli.errors import MetaNLPError
 
@@ -32,9 +33,11 @@ def resolve_device(name: str) -> torch.device:
 def load_dataset(cfg: DictConfig) -> Dataset:
     """The dataset of `cfg.dataset`, timed, with its notes (e.g. files that were missing) logged."""
     start = time.perf_counter()
-    dataset = build(cfg.dataset, "dataset")
+    node, dedupe = dataset_node(cfg.dataset)  # `dataset.dedupe` is no loader's: repeated texts are handled here
+    dataset = build(node, "dataset")
     if not isinstance(dataset, (ClassSplit, TaskCollection)):
         raise MetaNLPError(f"dataset._target_={cfg.dataset._target_} returned neither a class split nor tasks")
+    dataset = handle_duplicates(dataset, dedupe)
     for note in getattr(dataset, "notes", []):
         log.warning(note)
     log.info("%s: loaded in %.2fs", dataset.name, time.perf_counter() - start)

@@ -40,7 +40,7 @@ def check_group_choices(overrides: list[str]) -> None:
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         if key == "trainer" and value == "smoke":
-            raise MetaNLPError("trainer=smoke is now debug=smoke (a run in seconds)")
+            raise MetaNLPError("debug=smoke is now debug=smoke (a run in seconds)")
         if key not in groups or "(" in value or value in ("", "null"):
             continue
         for choice in value.split(","):

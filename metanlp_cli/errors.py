@@ -6,6 +6,8 @@ import functools
 import os
 import sys
 
+from omegaconf.errors import OmegaConfBaseException
+
 
 class MetaNLPError(Exception):
     """A problem with the user's input (config, data, checkpoint), reported as one line."""
@@ -37,5 +39,12 @@ def report_errors(task):
                 raise
             print(f"error: {error}", file=sys.stderr)
             sys.exit(error.exit_status)
+        except OmegaConfBaseException as error:  # e.g. `trainer.steps=${x}`: an interpolation that fails
+            if traceback_requested():
+                raise
+            key = getattr(error, "full_key", None)
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"error: {f'{key}: ' if key else ''}{message}", file=sys.stderr)
+            sys.exit(MetaNLPError.exit_status)
 
     return wrapper

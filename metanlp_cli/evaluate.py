@@ -10,7 +10,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from metanlp_cli.algorithms.base import LabelSpace
-from metanlp_cli.checkpoint import load_checkpoint
+from metanlp_cli.checkpoint import load_checkpoint, load_model_state
 from metanlp_cli.components import build_algorithm, build_encoder, load_dataset, resolve_device
 from metanlp_cli.compose import check_composition, check_group_choices
 from metanlp_cli.config import TrainerConfig, apply_overrides, build, validate
@@ -53,7 +53,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     dataset, cache_dir = load_dataset(run_cfg), cfg.paths.get("cache_dir")
     encoder = build_encoder(run_cfg, tokenizer.vocab_size)
     algo = build_algorithm(run_cfg, encoder, LabelSpace(**checkpoint["label_space"])).to(device)
-    algo.load_state_dict(checkpoint["model"])
+    load_model_state(algo, checkpoint["model"])
     protocol = build(run_cfg.protocol, "protocol")
 
     prepared = protocol.prepare(tokenizer, dataset, cfg.split, encoder, device, cache_dir, trainer.progress)

@@ -471,7 +471,12 @@ def write_plots(report: Report, out: Path) -> list[Path]:
 
 def write_report(paths: list[Path], out: Path) -> Report:
     report = Report.of(find_runs(paths))
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise MetaNLPError(f"--out {str(out)!r} is a file; give a folder for report.md, report.csv and the plots")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MetaNLPError(f"--out {str(out)!r}: cannot create that folder ({error.strerror})") from None
     plots = write_plots(report, out)
     write_csv(report, out)
     write_markdown(report, out, paths, plots)

@@ -21,9 +21,11 @@ from metanlp_cli.algorithms.meta_step import meta_batch_episodes, meta_step
 from metanlp_cli.checkpoint import (
     StopOnSignal,
     load_checkpoint,
+    prepare_run_directory,
     restore_training_state,
-    save_checkpoint,
+    save_checkpoints,
     training_state,
+    truncate_metrics,
 )
 from metanlp_cli.components import (
     build_algorithm,
@@ -36,6 +38,7 @@ from metanlp_cli.components import (
 from metanlp_cli.config import TrainerConfig, build, validate
 from metanlp_cli.data.cache import cache_frozen_features
 from metanlp_cli.data.types import EncodedSplit
+from metanlp_cli.divergence import check_meta_loss
 from metanlp_cli.errors import MetaNLPError, RunInterrupted
 from metanlp_cli.evaluate import check_evaluations, run_evaluations
 from metanlp_cli.protocols import EpisodicProtocol, episode_scores, fixed_encoder_view, score_name
@@ -64,13 +67,6 @@ def append_jsonl(path: Path, record: dict) -> None:
         file.write(json.dumps(record) + "\n")
 
 
-def truncate_jsonl(path: Path, step: int) -> None:
-    """Keep the records up to `step`: a resumed run logs the steps after its checkpoint again."""
-    if path.is_file():
-        records = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(f"{line}\n" for line in records))
-
-
 def validate_and_checkpoint(
     algo: Algorithm,
     protocol: EpisodicProtocol,
@@ -81,6 +77,8 @@ def validate_and_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     step: int,
     best_val: float,
+    metrics_path: Path | None = None,
+    episodes_per_s: float | None = None,
 ) -> tuple[dict, float]:
     """Score the validation episodes, write last.pt (and best.pt if better); returns the score and the best.
 
@@ -98,9 +96,10 @@ def validate_and_checkpoint(
         "val_accuracy": val["mean"],  # the validation score, whatever its metric (`val_metric`)
         "val_metric": score_name(val_episodes),
     }
-    save_checkpoint(checkpoint_dir / "last.pt", state)
-    if val["mean"] > best_val:
-        save_checkpoint(checkpoint_dir / "best.pt", state)
+    if metrics_path is not None:  # before last.pt: a run killed between the two logs this validation again
+        record = {"step": step, f"val_{state['val_metric']}": val["mean"], "val_ci95": val["ci95"]}
+        append_jsonl(metrics_path, {**record, "episodes_per_s": episodes_per_s})
+    save_checkpoints(checkpoint_dir, state, is_best=val["mean"] > best_val)
     return val, max(best_val, val["mean"])
 
 
@@ -115,6 +114,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     device = ranks.device
     torch.manual_seed(trainer.seed)
     if ranks.is_main:  # under torchrun, rank 0 alone writes files
+        prepare_run_directory(run_dir, cfg.get("resume"))
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     evaluations = check_evaluations(cfg.get("evaluations") or [])  # a bad one fails now, not after training
 
@@ -171,7 +171,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         "label_space": dataclasses.asdict(label_space),
     }
     if ranks.is_main:
-        truncate_jsonl(run_dir / "metrics.jsonl", start_step)
+        truncate_metrics(run_dir / "metrics.jsonl", start_step)
     train_seconds = 0.0  # meta-training time in this process, validation left out
     progress = tqdm(
         range(start_step, steps),
@@ -187,35 +187,23 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
             episodes, seeds = meta_batch_episodes(sampler, step, trainer.meta_batch_size, device, ranks)
             measured = meta_step(algo, optimizer, episodes, seeds, trainer.meta_batch_size, trainer.grad_clip, ranks)
             meta_loss = measured.meta_loss
-            if not measured.finite:
-                raise MetaNLPError(
-                    f"meta-loss became {meta_loss} (gradient norm {measured.gradient_norm:.3g}) at step {step + 1}; "
-                    f"lower optim.lr or algo.inner_train.lr{REGRESSION_HINT if regression else ''} "
-                    f"(last good checkpoint: {checkpoint_dir / 'last.pt'})"
-                )
+            hint = REGRESSION_HINT if regression else ""
+            check_meta_loss(meta_loss, measured.gradient_norm, step + 1, checkpoint_dir, hint)  # diverged: stop
             train_seconds += time.perf_counter() - started
 
             if ranks.is_main and (step + 1) % trainer.log_interval == 0:
                 append_jsonl(run_dir / "metrics.jsonl", {"step": step + 1, "meta_loss": meta_loss})
             if ranks.is_main and ((step + 1) % trainer.eval_interval == 0 or step + 1 == steps):
                 val, best_val = validate_and_checkpoint(
-                    algo, protocol, splits["val"], trainer, checkpoint_dir, checkpoint, optimizer, step + 1, best_val
-                )
-                append_jsonl(
-                    run_dir / "metrics.jsonl",
-                    {
-                        "step": step + 1,
-                        f"val_{val_name}": val["mean"],
-                        "val_ci95": val["ci95"],
-                        "episodes_per_s": (step + 1 - start_step) * trainer.meta_batch_size / train_seconds,
-                    },
-                )
+                    algo, protocol, splits["val"], trainer, checkpoint_dir, checkpoint, optimizer, step + 1, best_val,
+                    run_dir / "metrics.jsonl", (step + 1 - start_step) * trainer.meta_batch_size / train_seconds,
+                )  # fmt: skip
                 progress.set_postfix(loss=f"{meta_loss:.3f}", val=format_score(val))
                 log.info("step %d: meta-loss %.4f, validation %s %s", step + 1, meta_loss, val_name, format_score(val))
             if ranks.any(stop.requested):
                 if ranks.is_main:
                     state = {**checkpoint, **training_state(algo, optimizer, step + 1, best_val)}
-                    save_checkpoint(checkpoint_dir / "last.pt", state)
+                    save_checkpoints(checkpoint_dir, state, is_best=False)
                 raise RunInterrupted(
                     f"stopped at step {step + 1} of {steps}; saved {checkpoint_dir / 'last.pt'}; "
                     f"continue with: metanlp train resume={run_dir}",

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from metanlp_cli import stats
+from metanlp_cli.checkpoint import RESUMABLE_KEYS
 from metanlp_cli.stats import mean_confidence_interval
 from reproduce.plan import BENCHMARKS, METHODS, SIZES, Benchmark, Method, Setting
 
@@ -35,6 +36,9 @@ def run_command(command: list[str], run_dir: Path) -> None:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "command.txt").write_text(shlex.join(["metanlp", *command[3:]]) + "\n")
+    if command[3] == "train" and (run_dir / "checkpoints" / "last.pt").is_file():  # interrupted: continue it
+        kept = [word for word in command[4:] if word.startswith(RESUMABLE_KEYS) and not word.startswith("resume")]
+        command = [*command[:4], f"resume={run_dir}", *kept]
     started = time.perf_counter()
     print(f"   $ {shlex.join(['metanlp', *command[3:]])}", flush=True)
     with (run_dir / "log.txt").open("w") as log:

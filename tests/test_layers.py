@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "metanlp_cli"
 # The layers of the README's layout tree, bottom up; within a layer, modules are listed in the order they may
 # import each other (a data loader knows nothing of backbones, the checkpoint code nothing of processes).
 LAYERS = [
-    ["__init__", "errors", "metrics", "stats", "results", "config", "compose"],
-    ["data", "backbones", "sampling", "checkpoint", "distributed"],
+    ["__init__", "errors", "metrics", "stats", "results", "config", "compose", "divergence"],
+    ["data", "backbones", "sampling", "checkpoint", "distributed", "preflight"],
     ["algorithms", "components"],
     ["protocols"],
     [("train", "evaluate", "describe", "folds", "report")],  # the recipes: none below another

@@ -10,6 +10,7 @@ import torch
 
 from metanlp_cli.algorithms.base import Algorithm
 from metanlp_cli.distributed import Ranks
+from metanlp_cli.divergence import diverged
 from metanlp_cli.sampling import Episode, EpisodeSampler, episode_seed
 
 
@@ -21,8 +22,9 @@ class MetaStep:
     gradient_norm: float
 
     @property
-    def finite(self) -> bool:
-        return math.isfinite(self.meta_loss) and math.isfinite(self.gradient_norm)
+    def diverged(self) -> bool:
+        """Not finite, or beyond what any learning run reaches (`divergence.MAX_META_LOSS`)."""
+        return diverged(self.meta_loss, self.gradient_norm)
 
 
 def meta_batch_episodes(
@@ -46,8 +48,9 @@ def meta_step(
     """Adapt on each support set and backpropagate the meta-loss on its query set (one loss per episode, or
     one for the whole meta-batch where the algorithm batches them), each divided by `meta_batch_size` (the
     meta-batch over all processes); sum the gradients over the processes; clip their norm to `grad_clip`;
-    take the outer optimizer's step. A non-finite meta-loss or gradient skips the optimizer step, so the
-    model keeps its last good weights; the caller decides what to do (`MetaStep.finite`)."""
+    take the outer optimizer's step. A diverged meta-loss or gradient (non-finite, or absurdly large) skips
+    the optimizer step, so the model keeps its last good weights; the caller decides what to do
+    (`MetaStep.diverged`; the train recipe stops with one line)."""
     algo.train()
     optimizer.zero_grad()
     meta_loss = 0.0
@@ -58,6 +61,6 @@ def meta_step(
     meta_loss = ranks.sum_gradients(algo.parameters(), meta_loss)
     gradient_norm = torch.nn.utils.clip_grad_norm_(algo.parameters(), grad_clip or math.inf)
     step = MetaStep(meta_loss, float(gradient_norm))
-    if step.finite:
+    if not step.diverged:
         optimizer.step()
     return step

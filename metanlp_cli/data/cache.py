@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from metanlp_cli.data.types import EncodedSplit, Text
+from metanlp_cli.errors import MetaNLPError
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,14 @@ class FeatureCache:
 
 
 def _write_atomically(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:  # the cache folder is a file, or under one, or not writable
+        raise MetaNLPError(
+            f"paths.cache_dir={str(path.parent)!r}: cannot write the cache there ({error.strerror}); "
+            "give a folder, or paths.cache_dir=null for no cache"
+        ) from None
     try:
         with os.fdopen(handle, "wb") as file:
             torch.save(payload, file)

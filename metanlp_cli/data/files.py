@@ -14,6 +14,7 @@ Two shapes, chosen by `split`:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -42,6 +43,27 @@ def check_utf8(path: Path) -> None:
         ) from None
 
 
+def check_json_lines(path: Path) -> None:
+    """`datasets` reports a broken JSON line three times, with a 0-based row; name its line here once.
+    A file that is one JSON document (an array or object) is left to `datasets`."""
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        json.loads(text)
+        return
+    except json.JSONDecodeError:
+        pass
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as error:
+            raise MetaNLPError(
+                f"{path}: line {number}: not valid JSON ({error.msg} at column {error.colno}); "
+                "each line of a JSON-lines file must be one JSON object"
+            ) from None
+
+
 def load_table(path_text: str, file_format: str | None, key: str):
     """One file as a `datasets.Dataset`; the format comes from the extension unless given."""
     import datasets
@@ -57,6 +79,8 @@ def load_table(path_text: str, file_format: str | None, key: str):
         )
     if kind != "parquet":
         check_utf8(path)
+    if kind == "json":
+        check_json_lines(path)
     options = {
         "csv": {"encoding": "utf-8-sig"},
         "tsv": {"encoding": "utf-8-sig", "sep": "\t", "quoting": 3},  # QUOTE_NONE: quotes are text

@@ -125,6 +125,8 @@ class EpisodicProtocol:
             raise MetaNLPError(
                 f"protocol.folds={list(folds)}; allowed: null or a list of distinct folds, e.g. [1,2,3,4,5]"
             )
+        if episodes < 1:  # no test episodes: a run would end with results that have no score
+            raise MetaNLPError(f"protocol.episodes={episodes} must be >= 1 (the number of test episodes)")
         self.n_way, self.k_shot, self.q_query = n_way, k_shot, q_query
         self.num_episodes, self.seed, self.folds = episodes, seed, folds
 
