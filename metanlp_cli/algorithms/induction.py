@@ -24,10 +24,11 @@ from metanlp_cli.algorithms.metric_learner import FittedHead, MetricLearner, no_
 from metanlp_cli.sampling import Batch
 
 
-def squash(vectors: torch.Tensor, epsilon: float = 1e-9) -> torch.Tensor:
-    """The capsule non-linearity along the last dimension: the direction kept, the norm mapped into [0, 1)."""
+def squash(vectors: torch.Tensor) -> torch.Tensor:
+    """The capsule non-linearity along the last dimension: the direction kept, the norm mapped into [0, 1).
+    As x ||x|| / (1 + ||x||^2), with ||x||^2 clamped inside the root only (its gradient at 0 is infinite)."""
     squared = vectors.pow(2).sum(-1, keepdim=True)
-    return squared / (1 + squared) * vectors / (squared + epsilon).sqrt()
+    return vectors * squared.clamp(min=1e-24).sqrt() / (1 + squared)
 
 
 def dynamic_routing(predictions: torch.Tensor, labels: torch.Tensor, n_way: int, iterations: int) -> torch.Tensor:
