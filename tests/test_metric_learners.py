@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.func import functional_call
 
-from metanlp_cli import train
+from metanlp_cli import CONFIG_DIR, evaluate, train
 from metanlp_cli.algorithms.base import LabelSpace, task_loss
 from metanlp_cli.algorithms.induction import Induction, NeuralTensorRelation, dynamic_routing, squash
 from metanlp_cli.algorithms.inner_loop import InnerLoop
@@ -31,6 +32,8 @@ from metanlp_cli.sampling import Batch, EpisodeSampler
 from tests import test_pretrained
 from tests.conftest import VOCAB_SIZE, meta_train
 from tests.test_algorithms import assert_matches_finite_differences
+from tests.test_glue_protocols import write_glue_lowres
+from tests.test_protocols import write_arsc, write_lmbff
 
 SPACE = LabelSpace(n_way=2, num_train_classes=4)
 NO_CLASSES = torch.zeros(0, dtype=torch.long)
@@ -456,3 +459,40 @@ def test_train_recipe_runs_each_method_on_a_pretrained_encoder(
     results = json.loads((tmp_path / "results.json").read_text())
     assert 0.0 <= best_val <= 1.0 and results["episodes"] == 10
     assert (tmp_path / "checkpoints" / "best.pt").is_file()
+
+
+SMALL_CNN = ["backbone.encoder.embedding_dim=16", "backbone.encoder.num_filters=8"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A smoke-trained run directory per new method (word CNN, the built-in dataset)."""
+    runs = {}
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name="train"):
+        for algo in ("matching", "relation", "induction", "metanet", "ridge"):
+            runs[algo] = tmp_path_factory.mktemp(f"run-{algo}")
+            cfg = compose("train", overrides=[f"algo={algo}", "trainer=smoke", *SMALL_CNN])
+            train.run(cfg, runs[algo], {"algo": algo, "backbone": "cnn", "dataset": "chatterbot"})
+    return runs
+
+
+def protocol_data(protocol: str, root, compose_config) -> list[str]:
+    """Write a small fixture dataset of the protocol under `root`; the eval overrides that read it."""
+    if protocol == "arsc":
+        write_arsc(root)
+        return ["protocol=arsc", "dataset=arsc"]
+    if protocol == "kshot":
+        write_lmbff(root, k=4, seeds=[13, 21])
+        return ["protocol=kshot", "dataset=lmbff/sst2", "dataset.k=4", "dataset.seeds=[13,21]"]
+    write_glue_lowres(root, compose_config)
+    return ["protocol=glue_lowres", "dataset=glue/lowres"]
+
+
+@pytest.mark.parametrize("protocol", ["arsc", "kshot", "glue_lowres"])
+@pytest.mark.parametrize("algo", ["matching", "relation", "induction", "metanet", "ridge"])
+def test_eval_scores_each_method_with_each_k_shot_protocol(algo, protocol, checkpoints, compose_config, tmp_path):
+    """ARSC, LM-BFF k-shot and glue_lowres (whose STS-B target is fitted by the protocol's regression head)."""
+    overrides = [f"checkpoint={checkpoints[algo]}", *protocol_data(protocol, tmp_path, compose_config)]
+    overrides.append(f"paths.data_root={tmp_path}")
+    results = evaluate.run(compose_config("eval", overrides), tmp_path, overrides)
+    assert results["protocol"] == protocol and 0.0 <= results["average"] <= 1.0
