@@ -14,6 +14,9 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.func import functional_call
 
+from benchmarks import bench_metric_learners
+from benchmarks.bench_metric_learners import PretrainedWorkload, build_pretrained_workload
+from benchmarks.workloads import Timing, Workload, meta_train_step
 from metanlp_cli import CONFIG_DIR, evaluate, train
 from metanlp_cli.algorithms.base import LabelSpace, task_loss
 from metanlp_cli.algorithms.induction import Induction, NeuralTensorRelation, dynamic_routing, squash
@@ -496,3 +499,20 @@ def test_eval_scores_each_method_with_each_k_shot_protocol(algo, protocol, check
     overrides.append(f"paths.data_root={tmp_path}")
     results = evaluate.run(compose_config("eval", overrides), tmp_path, overrides)
     assert results["protocol"] == protocol and 0.0 <= results["average"] <= 1.0
+
+
+@pytest.mark.parametrize("trainable_layers", [0, 1], ids=["frozen", "top-layer"])
+def test_the_pretrained_benchmark_workload_trains_on_cached_features(trainable_layers, tiny_bert):
+    workload = PretrainedWorkload("ridge", trainable_layers, tiny_bert, Workload("ridge", "cnn", vocab=60, length=8))
+    algo, optimizer, meta_batches = build_pretrained_workload(workload)
+    assert meta_batches[0][0].support.inputs.is_floating_point()  # the frozen layers' output, as train caches it
+    before = [p.detach().clone() for p in algo.parameters() if p.requires_grad]
+    assert math.isfinite(meta_train_step(algo, optimizer, meta_batches[0]))
+    after = [p for p in algo.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    results = {
+        ("ridge", "minilm frozen"): {"episodes_per_s": 2.0, "peak_training_mib": 3.0},
+        ("matching", "minilm frozen"): None,
+    }
+    table = bench_metric_learners.section(results, ["cnn", "minilm frozen"], workload.shape, Timing())
+    assert "| ridge | - | - | 2.00 | 3 |" in table and "| matching | - | - | nothing trains | - |" in table
