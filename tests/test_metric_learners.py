@@ -185,7 +185,8 @@ def test_dynamic_routing_matches_the_paper_algorithm_by_hand_for_uneven_classes(
 def test_neural_tensor_relation_scores_by_hand():
     relation = NeuralTensorRelation(dim=2, slices=2).double()
     with torch.no_grad():
-        relation.tensor.copy_(torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 0.0]]]))
+        slices = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 0.0]]])  # M_1, M_2
+        relation.tensor.copy_(slices.permute(1, 0, 2))  # stored as [dim, slices, dim]
         relation.output.weight.copy_(torch.tensor([[1.0, -2.0]]))
         relation.output.bias.fill_(0.1)
     classes = torch.tensor([[0.5, 0.2], [-0.5, 0.2]], dtype=torch.float64)

@@ -47,21 +47,26 @@ def dynamic_routing(predictions: torch.Tensor, labels: torch.Tensor, n_way: int,
 
 
 class NeuralTensorRelation(nn.Module):
-    """[queries, classes] relation logits w_r . relu(c^T M_[1:h] q) + b_r."""
+    """[queries, classes] relation logits w_r . relu(c^T M_[1:h] q) + b_r.
+
+    The slices are stored as one [dim, slices, dim] tensor (M_h = tensor[:, h]), so that contracting the
+    class vectors with it is one matrix product on a view, with no copy of the tensor either way.
+    """
 
     def __init__(self, dim: int, slices: int) -> None:
         super().__init__()
         # Each slice starts near the identity and the output at their mean, so the first logits are about
         # c . q: with random slices and output the MSE loss is at its plateau (every score 1/N) before
         # the layer learns a similarity.
-        self.tensor = nn.Parameter(torch.eye(dim) + torch.randn(slices, dim, dim) / math.sqrt(dim))
+        self.tensor = nn.Parameter(torch.eye(dim).unsqueeze(1) + torch.randn(dim, slices, dim) / math.sqrt(dim))
         self.output = nn.Linear(slices, 1)
         nn.init.constant_(self.output.weight, 1.0 / slices)
         nn.init.zeros_(self.output.bias)
 
     def forward(self, queries: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        dim, slices, _ = self.tensor.shape
         # Contract the classes first: classes x slices x dim, fewer rows than queries x slices x dim.
-        projected = torch.einsum("cd,hde->che", classes, self.tensor)
+        projected = (classes @ self.tensor.reshape(dim, slices * dim)).view(len(classes), slices, dim)
         interactions = torch.einsum("che,qe->qch", projected, queries).relu()
         return self.output(interactions).squeeze(2)
 
