@@ -65,8 +65,9 @@ def one_hot(labels: torch.Tensor, n_way: int, dtype: torch.dtype) -> torch.Tenso
 
 
 def relation_loss(kind: str) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
-    """The meta-loss of relation scores given as logits: `mse` of their sigmoid against the one-hot
-    labels (Sung et al. 2018; Geng et al. 2019), or `cross_entropy` over the logits."""
+    """The meta-loss of relation scores given as logits: `mse`, the squared error of their sigmoid against
+    the one-hot labels summed over the classes and averaged over the queries (Sung et al. 2018; Geng et al.
+    2019 sum it over both), or `cross_entropy` over the logits."""
     if kind not in ("mse", "cross_entropy"):
         raise ValueError(f"loss={kind!r} is not allowed; allowed: mse, cross_entropy")
     if kind == "cross_entropy":

@@ -1,7 +1,8 @@
 """Relation Networks (Sung et al. 2018): a learned relation module g scores each (query, class) pair,
 r_c(x) = sigmoid(g([f(x); c_c])), where the class representation c_c is the sum (the paper's, for K
-shots) or the mean of the class's support embeddings f(x_i). The meta-loss is the paper's mean squared
-error of r against the one-hot labels, or cross-entropy over the scores' logits (`loss`).
+shots) or the mean of the class's support embeddings f(x_i). The meta-loss is the paper's squared error
+of r against the one-hot labels (summed over the classes, averaged over the queries), or cross-entropy
+over the scores' logits (`loss`).
 
 g is the text version of the paper's module (two convolution blocks and two fully connected layers on
 image feature maps): two fully connected layers on the concatenated embeddings. The learner's outputs
