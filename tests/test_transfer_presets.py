@@ -9,6 +9,7 @@ import json
 import pytest
 
 from metanlp_cli import train
+from metanlp_cli.checkpoint import load_checkpoint
 from metanlp_cli.evaluate import check_evaluations
 from tests.conftest import data_root
 
@@ -46,3 +47,5 @@ def test_zero_shot_preset_scores_each_language_after_adapting_in_english(compose
     assert list(scored["tasks"]) == ["eng_Latn", "swh_Latn"]
     assert all(group["evaluation_examples"] == 204 for group in scored["tasks"].values())
     assert scored["tasks"]["eng_Latn"]["score"]["mean"] > 0.5  # chance is 1/7
+    weights = load_checkpoint(tmp_path / "checkpoints" / "best.pt")["model"]
+    assert not [name for name in weights if "encoder.model." in name]  # the frozen 118M are the rebuilt directory's
