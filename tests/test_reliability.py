@@ -288,37 +288,47 @@ def finish(run_dir: Path) -> subprocess.CompletedProcess:
 
 
 def outcome(run_dir: Path) -> tuple[bytes, str]:
-    """results.json byte for byte, and metrics.jsonl byte for byte without its wall-clock field."""
+    """results.json byte for byte (its one path, the checkpoint's, as RUN), and metrics.jsonl byte for byte
+    without its wall-clock field."""
+    results = (run_dir / "results.json").read_bytes().replace(str(run_dir).encode(), b"RUN")
     metrics = re.sub(r', "episodes_per_s": [^}]*', "", (run_dir / "metrics.jsonl").read_text())
-    return (run_dir / "results.json").read_bytes(), metrics
+    return results, metrics
+
+
+def kill_and_resume(run_dir: Path, point: str | None, delay: float | None) -> tuple[bool, tuple | None]:
+    """Run FAULT_RUN in run_dir, killed at `point` (a KILL_POINTS entry) or after `delay` seconds, then
+    finish it; (whether the kill happened, the outcome)."""
+    process = kill_runner("train", *FAULT_RUN, f"hydra.run.dir={run_dir}", env={"METANLP_KILL_AT": point or ""})
+    if delay is not None:
+        try:
+            process.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.communicate(timeout=600)
+    if process.returncode != -signal.SIGKILL:  # the point is never reached, or the run ended first
+        return False, None
+    finished = finish(run_dir)
+    assert finished.returncode == 0, (point, delay, finished.stderr)
+    assert not list((run_dir / "checkpoints").glob("*.tmp")), (point, delay)
+    return True, outcome(run_dir)
 
 
 @pytest.mark.slow
 @pytest.mark.smoke
 def test_resume_after_a_sigkill_at_any_instant_ends_like_the_uninterrupted_run(tmp_path):
-    run_dir = tmp_path / "run"  # every trial runs here, so that results.json names the same checkpoint path
+    from concurrent.futures import ThreadPoolExecutor
+
     started = time.perf_counter()
-    uninterrupted = metanlp("train", *FAULT_RUN, f"hydra.run.dir={run_dir}")
+    uninterrupted = metanlp("train", *FAULT_RUN, f"hydra.run.dir={tmp_path / 'uninterrupted'}")
     duration = time.perf_counter() - started
     assert uninterrupted.returncode == 0, uninterrupted.stderr
-    expected = outcome(run_dir)
+    expected = outcome(tmp_path / "uninterrupted")
 
-    trials = [(point, None) for point in KILL_POINTS] + [(None, fraction) for fraction in KILL_FRACTIONS]
-    kills, identical, missed = 0, 0, []
-    for point, fraction in trials:
-        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-        process = kill_runner("train", *FAULT_RUN, f"hydra.run.dir={run_dir}", env={"METANLP_KILL_AT": point or ""})
-        if fraction is not None:
-            time.sleep(fraction * duration)
-            process.kill()
-        process.communicate(timeout=300)
-        if process.returncode != -signal.SIGKILL:  # the point is never reached, or the run ended first
-            missed.append(point or fraction)
-            continue
-        kills += 1
-        finished = finish(run_dir)
-        assert finished.returncode == 0, (point, fraction, finished.stderr)
-        assert not list((run_dir / "checkpoints").glob("*.tmp")), (point, fraction)
-        identical += outcome(run_dir) == expected
+    trials = [(point, None) for point in KILL_POINTS] + [(None, f * duration) for f in KILL_FRACTIONS]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # trials in parallel, each in its own run directory
+        done = list(pool.map(lambda n: kill_and_resume(tmp_path / f"run{n}", *trials[n]), range(len(trials))))
+    kills = sum(killed for killed, _ in done)
+    identical = sum(killed and result == expected for killed, result in done)
+    missed = [trial for trial, (killed, _) in zip(trials, done, strict=True) if not killed]
     print(f"\nfault injection: {kills} kills, {identical} identical resumed results; not reached: {missed}")
     assert kills >= 20 and identical == kills, (kills, identical, missed)
