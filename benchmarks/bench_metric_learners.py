@@ -31,7 +31,6 @@ from metanlp_cli import CONFIG_DIR
 from metanlp_cli.algorithms.base import LabelSpace
 from metanlp_cli.backbones.pretrained import PretrainedTokenizer
 from metanlp_cli.components import build_algorithm, build_encoder
-from metanlp_cli.config import TrainerConfig, validate
 from metanlp_cli.sampling import Batch, Episode
 from metanlp_cli.train import outer_optimizer
 
@@ -69,7 +68,7 @@ def build_pretrained_workload(workload: PretrainedWorkload, seed: int = 0):
     vocab_size = PretrainedTokenizer(workload.name_or_path).vocab_size
     encoder = build_encoder(cfg, vocab_size)
     algo = build_algorithm(cfg, encoder, LabelSpace(shape.n_way, NUM_TRAIN_CLASSES))
-    optimizer = outer_optimizer(algo, validate(cfg.trainer, TrainerConfig, "trainer"))
+    optimizer = outer_optimizer(algo, cfg)
 
     def cached(batch: Batch) -> Batch:  # synthetic ids 1..vocab-1 are packed ids of segment 0, no padding
         return Batch(encoder.frozen_features(batch.inputs), batch.labels, batch.classes)

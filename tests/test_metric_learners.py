@@ -30,7 +30,7 @@ from metanlp_cli.algorithms.ridge import Ridge, ridge_solution
 from metanlp_cli.backbones.cnn import WordCNN
 from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.errors import MetaNLPError
-from metanlp_cli.protocols import KShotProtocol, KShotTask, episode_scores, fixed_encoder_view
+from metanlp_cli.protocols import KShotProtocol, KShotTask, KShotTasks, episode_scores, fixed_encoder_view
 from metanlp_cli.sampling import Batch, EpisodeSampler
 from tests import test_pretrained
 from tests.conftest import VOCAB_SIZE, meta_train
@@ -379,10 +379,10 @@ def test_kshot_protocols_encode_shared_rows_once_and_score_as_without_the_cache(
     torch.manual_seed(0)
     algo = algorithm(CountingEncoder(), LabelSpace(2, 2), **kwargs)
     protocol = KShotProtocol(batch_size=16)
-    once = protocol.run(algo, algo.encoder, tasks, torch.device("cpu"), progress=False)
+    once = protocol.score(algo, KShotTasks(tasks, algo.encoder), torch.device("cpu"), progress=False)
     assert algo.encoder.rows == 40 + 2 * 5
     monkeypatch.setattr(MetricLearner, "with_fixed_encoder", lambda self: None)
-    each_time = protocol.run(algo, algo.encoder, tasks, torch.device("cpu"), progress=False)
+    each_time = protocol.score(algo, KShotTasks(tasks, algo.encoder), torch.device("cpu"), progress=False)
     scores = [
         run["tasks"]["t"]["training_sets"][f"t-seed{seed}"]["accuracy"] for run in (once, each_time) for seed in (0, 1)
     ]
@@ -457,7 +457,7 @@ def test_train_recipe_runs_each_method_on_a_pretrained_encoder(
 ):
     """Frozen (pooled features cached; the method's own parameters still train) or with the top layer trained
     (hidden states cached below it): validation and test run on the fixed-encoder view."""
-    overrides = ["backbone=pretrained", f"backbone.name_or_path={tiny_bert}", f"algo={algo}", "trainer=smoke"]
+    overrides = ["backbone=pretrained", f"backbone.name_or_path={tiny_bert}", f"algo={algo}", "debug=smoke"]
     cfg = compose_config("train", [*overrides, f"backbone.encoder.trainable_layers={trainable_layers}"])
     best_val = train.run(cfg, tmp_path, {"algo": algo, "backbone": "pretrained", "dataset": "chatterbot"})
     results = json.loads((tmp_path / "results.json").read_text())
@@ -475,7 +475,7 @@ def checkpoints(tmp_path_factory):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name="train"):
         for algo in ("matching", "relation", "induction", "metanet", "ridge"):
             runs[algo] = tmp_path_factory.mktemp(f"run-{algo}")
-            cfg = compose("train", overrides=[f"algo={algo}", "trainer=smoke", *SMALL_CNN])
+            cfg = compose("train", overrides=[f"algo={algo}", "debug=smoke", *SMALL_CNN])
             train.run(cfg, runs[algo], {"algo": algo, "backbone": "cnn", "dataset": "chatterbot"})
     return runs
 

@@ -18,9 +18,7 @@ import torch
 from metanlp_cli import evaluate, report, train
 from metanlp_cli.checkpoint import load_checkpoint, resumed_config, save_checkpoint
 from metanlp_cli.config import build
-from metanlp_cli.data.duplicates import handle_duplicates
 from metanlp_cli.data.types import ClassSplit, LabeledTexts
-from metanlp_cli.divergence import check_meta_loss
 from metanlp_cli.errors import MetaNLPError
 from tests.test_cli import metanlp
 from tests.test_resume import metrics_without_timing, results_without_paths
@@ -113,8 +111,10 @@ def test_a_diverging_inner_loop_stops_the_run_before_any_checkpoint(compose_conf
     assert not (tmp_path / "results.json").exists()
 
 
-@pytest.mark.parametrize("loss", [math_value for math_value in (float("nan"), 2e6, -2e6)])
+@pytest.mark.parametrize("loss", [float("nan"), 2e6, -2e6])
 def test_the_divergence_criterion(loss, tmp_path):
+    from metanlp_cli.divergence import check_meta_loss
+
     check_meta_loss(9.9e5, 1.0, 3, tmp_path)  # large but sound: a badly initialised run goes on
     save_checkpoint(tmp_path / "last.pt", {"step": 2})
     with pytest.raises(MetaNLPError, match=rf"at step 3.*last good checkpoint: {re.escape(str(tmp_path))}/last.pt"):
@@ -153,6 +153,8 @@ def labeled(texts: list[str], labels: list[int], classes: list[str]) -> LabeledT
 
 
 def test_repeated_texts_are_counted_and_dropped_with_dedupe(caplog):
+    from metanlp_cli.data.duplicates import handle_duplicates
+
     dataset = ClassSplit(
         "toy",
         labeled(["a", "b", "a", "c", "a"], [0, 0, 0, 1, 1], ["x", "y"]),
@@ -180,38 +182,55 @@ def broken_jsonl(folder: Path) -> Path:
     return path
 
 
-def cli_failures(tmp: Path, run: Path) -> list[tuple[list[str], str]]:
-    """(arguments, the start of the one error line); tmp is an empty folder, run a finished run."""
-    (tmp / "file").write_text("")
-    return [
-        (["train", "=5"], "'=5' has no key before '='"),
-        (["train", *SMOKE, "trainer.steps=${x}", f"hydra.run.dir={tmp}/r"], "trainer.steps: Interpolation key 'x'"),
-        (["train", "-m", *SMOKE, "trainer.steps=[1", f"hydra.sweep.dir={tmp}/s"], "'trainer.steps=[1' is not a valid"),
-        (["train", *SMOKE, f"hydra.run.dir={tmp}/file/run"], f"hydra.run.dir='{tmp}/file/run': cannot create"),
-        (["train", *SMOKE, "hydra.run.dir=/proc/metanlp/run"], "hydra.run.dir='/proc/metanlp/run': cannot create"),
-        (["train", "debug=smoke", f"paths.cache_dir={tmp}/file", f"hydra.run.dir={tmp}/r"], "paths.cache_dir="),
-        (["train", *SMOKE, "protocol.episodes=0", f"hydra.run.dir={tmp}/r"], "protocol.episodes=0 must be >= 1"),
-        (["train", *SMOKE, "protocol.episodes=-1", f"hydra.run.dir={tmp}/r"], "protocol.episodes=-1 must be >= 1"),
-        (["train", *SMOKE, f"hydra.run.dir={run}"], f"hydra.run.dir='{run}' already holds a run"),
-        (["train", f"resume={run}", "trainer.steps=3"], "trainer.steps=3 is below the checkpoint's step 4"),
-        (["eval", f"checkpoint={run}", "+backbone=lstm", f"hydra.run.dir={tmp}/e"], "checkpoint: its weights do not"),
-        (["report", str(run), "--out", f"{tmp}/file"], f"--out '{tmp}/file' is a file"),
-        (
-            ["train", *SMOKE, "dataset=files", f"dataset.train_file={broken_jsonl(tmp)}", f"hydra.run.dir={tmp}/r"],
-            f"{tmp}/broken.jsonl: line 7: not valid JSON",
-        ),
-    ]
+# (arguments, the start of the one error line): {tmp} is an empty folder with a file `file`, {run} a finished run.
+CLI_FAILURES = {
+    "override without a key": (["train", "=5"], "'=5' has no key before '='"),
+    "interpolation that fails": (
+        ["train", *SMOKE, "trainer.steps=${x}", "hydra.run.dir={tmp}/r"],
+        "trainer.steps: Interpolation key 'x'",
+    ),
+    "malformed value in a sweep": (
+        ["train", "-m", *SMOKE, "trainer.steps=[1", "hydra.sweep.dir={tmp}/s"],
+        "'trainer.steps=[1' is not a valid override",
+    ),
+    "run dir under a file": (["train", *SMOKE, "hydra.run.dir={tmp}/file/run"], "hydra.run.dir='{tmp}/file/run'"),
+    "run dir under /proc": (["train", *SMOKE, "hydra.run.dir=/proc/metanlp/run"], "hydra.run.dir='/proc/metanlp/run'"),
+    "cache dir at a file": (
+        ["train", "debug=smoke", "paths.cache_dir={tmp}/file", "hydra.run.dir={tmp}/r"],
+        "paths.cache_dir='{tmp}/file' is a file",
+    ),
+    "no test episodes": (["train", *SMOKE, "protocol.episodes=0", "hydra.run.dir={tmp}/r"], "protocol.episodes=0 must"),
+    "negative test episodes": (
+        ["train", *SMOKE, "protocol.episodes=-1", "hydra.run.dir={tmp}/r"],
+        "protocol.episodes=-1 must be >= 1",
+    ),
+    "second run in a run dir": (["train", *SMOKE, "hydra.run.dir={run}"], "hydra.run.dir='{run}' already holds a run"),
+    "resume with fewer steps": (["train", "resume={run}", "trainer.steps=3"], "trainer.steps=3 is below the"),
+    "eval with another backbone": (
+        ["eval", "checkpoint={run}", "+backbone=lstm", "hydra.run.dir={tmp}/e"],
+        "checkpoint: its weights do not fit",
+    ),
+    "report out at a file": (["report", "{run}", "--out", "{tmp}/file"], "--out '{tmp}/file' is a file"),
+    "broken JSON line": (
+        ["train", *SMOKE, "dataset=files", "dataset.train_file={tmp}/broken.jsonl", "hydra.run.dir={tmp}/r"],
+        "{tmp}/broken.jsonl: line 7: not valid JSON",
+    ),
+}
 
 
 @pytest.mark.smoke
-def test_each_mistake_is_one_line_with_exit_status_2(trained_run, tmp_path):
-    failures = []
-    for arguments, message in cli_failures(tmp_path, trained_run):
-        result = metanlp(*arguments)
-        lines = [line for line in result.stderr.splitlines() if line.strip() and "][INFO]" not in line]
-        if result.returncode != 2 or len(lines) != 1 or not lines[0].startswith(f"error: {message}"):
-            failures.append((arguments, result.returncode, result.stderr[-600:]))
-    assert not failures, failures
+@pytest.mark.parametrize("case", CLI_FAILURES)
+def test_each_mistake_is_one_line_with_exit_status_2(case, trained_run, tmp_path):
+    (tmp_path / "file").write_text("")
+    broken_jsonl(tmp_path)
+    arguments, message = CLI_FAILURES[case]
+    places = {"{tmp}": str(tmp_path), "{run}": str(trained_run)}
+    for place, value in places.items():
+        arguments, message = [a.replace(place, value) for a in arguments], message.replace(place, value)
+    result = metanlp(*arguments)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "][INFO]" not in line]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-1500:]
+    assert lines[0].startswith(f"error: {message}"), lines
 
 
 @pytest.mark.smoke
@@ -269,37 +288,47 @@ def finish(run_dir: Path) -> subprocess.CompletedProcess:
 
 
 def outcome(run_dir: Path) -> tuple[bytes, str]:
-    """results.json byte for byte, and metrics.jsonl byte for byte without its wall-clock field."""
+    """results.json byte for byte (its one path, the checkpoint's, as RUN), and metrics.jsonl byte for byte
+    without its wall-clock field."""
+    results = (run_dir / "results.json").read_bytes().replace(str(run_dir).encode(), b"RUN")
     metrics = re.sub(r', "episodes_per_s": [^}]*', "", (run_dir / "metrics.jsonl").read_text())
-    return (run_dir / "results.json").read_bytes(), metrics
+    return results, metrics
+
+
+def kill_and_resume(run_dir: Path, point: str | None, delay: float | None) -> tuple[bool, tuple | None]:
+    """Run FAULT_RUN in run_dir, killed at `point` (a KILL_POINTS entry) or after `delay` seconds, then
+    finish it; (whether the kill happened, the outcome)."""
+    process = kill_runner("train", *FAULT_RUN, f"hydra.run.dir={run_dir}", env={"METANLP_KILL_AT": point or ""})
+    if delay is not None:
+        try:
+            process.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.communicate(timeout=600)
+    if process.returncode != -signal.SIGKILL:  # the point is never reached, or the run ended first
+        return False, None
+    finished = finish(run_dir)
+    assert finished.returncode == 0, (point, delay, finished.stderr)
+    assert not list((run_dir / "checkpoints").glob("*.tmp")), (point, delay)
+    return True, outcome(run_dir)
 
 
 @pytest.mark.slow
 @pytest.mark.smoke
 def test_resume_after_a_sigkill_at_any_instant_ends_like_the_uninterrupted_run(tmp_path):
-    run_dir = tmp_path / "run"  # every trial runs here, so that results.json names the same checkpoint path
+    from concurrent.futures import ThreadPoolExecutor
+
     started = time.perf_counter()
-    uninterrupted = metanlp("train", *FAULT_RUN, f"hydra.run.dir={run_dir}")
+    uninterrupted = metanlp("train", *FAULT_RUN, f"hydra.run.dir={tmp_path / 'uninterrupted'}")
     duration = time.perf_counter() - started
     assert uninterrupted.returncode == 0, uninterrupted.stderr
-    expected = outcome(run_dir)
+    expected = outcome(tmp_path / "uninterrupted")
 
-    trials = [(point, None) for point in KILL_POINTS] + [(None, fraction) for fraction in KILL_FRACTIONS]
-    kills, identical, missed = 0, 0, []
-    for point, fraction in trials:
-        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-        process = kill_runner("train", *FAULT_RUN, f"hydra.run.dir={run_dir}", env={"METANLP_KILL_AT": point or ""})
-        if fraction is not None:
-            time.sleep(fraction * duration)
-            process.kill()
-        process.communicate(timeout=300)
-        if process.returncode != -signal.SIGKILL:  # the point is never reached, or the run ended first
-            missed.append(point or fraction)
-            continue
-        kills += 1
-        finished = finish(run_dir)
-        assert finished.returncode == 0, (point, fraction, finished.stderr)
-        assert not list((run_dir / "checkpoints").glob("*.tmp")), (point, fraction)
-        identical += outcome(run_dir) == expected
+    trials = [(point, None) for point in KILL_POINTS] + [(None, f * duration) for f in KILL_FRACTIONS]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # trials in parallel, each in its own run directory
+        done = list(pool.map(lambda n: kill_and_resume(tmp_path / f"run{n}", *trials[n]), range(len(trials))))
+    kills = sum(killed for killed, _ in done)
+    identical = sum(killed and result == expected for killed, result in done)
+    missed = [trial for trial, (killed, _) in zip(trials, done, strict=True) if not killed]
     print(f"\nfault injection: {kills} kills, {identical} identical resumed results; not reached: {missed}")
     assert kills >= 20 and identical == kills, (kills, identical, missed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from metanlp_cli.config import build
+from metanlp_cli.data.duplicates import dataset_node
 from metanlp_cli.data.sib200 import sib200_index_ids, sib200_tasks
 from metanlp_cli.errors import MetaNLPError
 from tests.conftest import data_root
@@ -87,7 +88,7 @@ def test_languages_that_are_not_parallel_are_refused(sib_root):
 def test_the_config_composes_with_a_list_of_languages(sib_root, compose_config):
     overrides = [f"paths.data_root={sib_root}", "dataset=sib200", "dataset.languages=[eng_Latn,deu_Latn]"]
     cfg = compose_config("train", [*overrides, "dataset.k=1", "dataset.target_languages=[deu_Latn]"])
-    collection = build(cfg.dataset, "dataset")
+    collection = build(dataset_node(cfg.dataset)[0], "dataset")  # without train.yaml's `dataset.dedupe`
     assert len(collection.tasks) == 10 and collection.target_tasks == [f"deu_Latn-k1-seed{s}" for s in range(1, 6)]
 
 
