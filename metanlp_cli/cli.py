@@ -20,8 +20,8 @@ COMMANDS = {
 }
 # Overrides that need a Hydra plugin from the `sweeps` extra: (key, choice prefix) -> plugin module.
 PLUGINS = {
-    ("hparams_search", ""): "hydra_plugins.hydra_optuna_sweeper",
-    ("hydra/sweeper", "optuna"): "hydra_plugins.hydra_optuna_sweeper",
+    ("hparams_search", ""): "optuna",  # hydra/sweeper=metanlp_study (metanlp_cli/search.py) runs a current Optuna
+    ("hydra/sweeper", "metanlp_study"): "optuna",
     ("hydra/launcher", "joblib"): "hydra_plugins.hydra_joblib_launcher",
     ("hydra/launcher", "submitit"): "hydra_plugins.hydra_submitit_launcher",
     ("hydra/launcher", "slurm"): "hydra_plugins.hydra_submitit_launcher",
