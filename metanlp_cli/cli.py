@@ -97,7 +97,7 @@ def check_group_choices(overrides: list[str]) -> None:
         key, _, value = override.lstrip("+~").partition("=")
         if key not in groups or "(" in value or value in ("", "null"):
             continue
-        for choice in value.split(","):
+        for choice in value.strip("[]").split(","):  # a sweep a,b or a list [a,b] (logger=[csv,mlflow])
             if choice not in groups[key]:
                 raise MetaNLPError(f"{key}={choice!r} is not a known choice; allowed: {', '.join(groups[key])}")
 

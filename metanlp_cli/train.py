@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from metanlp_cli import distributed
+from metanlp_cli import distributed, loggers
 from metanlp_cli.algorithms.base import Algorithm, LabelSpace
 from metanlp_cli.checkpoint import (
     StopOnSignal,
@@ -61,11 +61,6 @@ def outer_optimizer(algo: Algorithm, trainer: TrainerConfig) -> torch.optim.Opti
     if trainer.outer_optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=trainer.outer_lr, weight_decay=trainer.weight_decay)
     return torch.optim.Adam(parameters, lr=trainer.outer_lr, weight_decay=trainer.weight_decay)
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a") as file:
-        file.write(json.dumps(record) + "\n")
 
 
 def truncate_jsonl(path: Path, step: int) -> None:
@@ -121,6 +116,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     if ranks.is_main:  # under torchrun, rank 0 alone writes files
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     evaluations = check_evaluations(cfg.get("evaluations") or [])  # a bad one fails now, not after training
+    tracker = loggers.open_loggers(cfg, run_dir, enabled=ranks.is_main)  # metrics.jsonl and cfg.logger's trackers
 
     # Data, tokenized once (or read from the cache): the vocabulary comes from the meta-train split only.
     dataset = load_dataset(cfg)
@@ -211,13 +207,12 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
             train_seconds += time.perf_counter() - started
 
             if ranks.is_main and (step + 1) % trainer.log_interval == 0:
-                append_jsonl(run_dir / "metrics.jsonl", {"step": step + 1, "meta_loss": meta_loss})
+                tracker.log_metrics({"step": step + 1, "meta_loss": meta_loss})
             if ranks.is_main and ((step + 1) % trainer.eval_interval == 0 or step + 1 == steps):
                 val, best_val = validate_and_checkpoint(
                     algo, protocol, splits["val"], trainer, checkpoint_dir, checkpoint, optimizer, step + 1, best_val
                 )
-                append_jsonl(
-                    run_dir / "metrics.jsonl",
+                tracker.log_metrics(
                     {
                         "step": step + 1,
                         f"val_{val_name}": val["mean"],
@@ -262,4 +257,5 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     if evaluations:  # "meta-train, then score on many targets" in one command; listed in results.md
         results["evaluations"] = run_evaluations(evaluations, cfg.paths, run_dir, checkpoint_dir / "best.pt")
         write_results(run_dir, results)
+    tracker.finish(results, steps)
     return best_val
