@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 from scipy import stats
 
+from metanlp_cli import search_report
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.metrics import REGRESSION_METRICS
 
@@ -475,7 +476,8 @@ def write_report(paths: list[Path], out: Path) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(report, out)
     write_csv(report, out)
-    write_markdown(report, out, paths, plots)
+    markdown = write_markdown(report, out, paths, plots)
+    search_report.append_search_sections(paths, out, markdown)  # best trial, importances, history of studies
     return report
 
 

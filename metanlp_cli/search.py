@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
+import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -145,6 +147,7 @@ def open_study(settings: Mapping, fixed: list[str]):
             )
         session = study.user_attrs.get(SESSIONS, 0)
         study.set_user_attr(SESSIONS, session + 1)
+        study.set_user_attr("sampler", settings["sampler"])  # for `metanlp report`
         if settings.get("resume_running"):  # after a crash that left trials RUNNING: run them again
             running = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
             study.set_user_attr(INTERRUPTED, sorted(set(study.user_attrs.get(INTERRUPTED, []) + running)))
@@ -174,38 +177,75 @@ def trial_overrides(params: Mapping) -> list[str]:
     return [f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}" for key, value in params.items()]
 
 
+class StopBetweenTrials:
+    """SIGINT/SIGTERM outside a trial's training loop: finish the trial, then stop the search. (Inside the loop,
+    training's own handler stops the trial at once; the search then keeps it to be run again.)"""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous: dict = {}
+
+    def _request(self, signal_number: int, frame) -> None:
+        if self.signal_number is None:
+            os.write(2, b"\nstopping the search after the current trial\n")
+            self.signal_number = signal_number
+
+    def check(self) -> None:
+        if self.signal_number is not None:
+            raise SystemExit(128 + self.signal_number)
+
+    def __enter__(self) -> StopBetweenTrials:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(number) is not signal.SIG_IGN:
+                self._previous[number] = signal.signal(number, self._request)
+        return self
+
+    def __exit__(self, *exception) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
 def run_search(study, space: dict, fixed: list[str], settings: Mapping, launch: Callable) -> None:
     """Launch trials until the study holds n_trials. `launch(list of overrides, trial numbers)` returns Hydra's
     JobReturns. A stopped process (Ctrl-C, SIGTERM) leaves its trials to be run again by the next one."""
+    with StopBetweenTrials() as stop:
+        while True:
+            stop.check()
+            if not run_batch(study, space, fixed, settings, launch):
+                return
+
+
+def run_batch(study, space: dict, fixed: list[str], settings: Mapping, launch: Callable) -> bool:
+    """Run the next trials (False: the study is full)."""
     from hydra.core.utils import JobStatus
 
     optuna = import_optuna()
-    while True:
-        with study_lock(settings["storage"]):
-            batch = next_trials(study, space, settings["n_trials"], settings["n_jobs"])
-        if not batch:
-            return
-        numbers = [number for number, _ in batch]
-        try:
-            returns = launch([fixed + trial_overrides(params) for _, params in batch], numbers)
-        except SystemExit as error:  # a trial's one-line error (a NaN meta-loss at a high rate, ...) exits
-            if isinstance(error.code, int) and error.code >= 128:  # 128 + signal: training was stopped
-                keep_for_later(study, settings["storage"], numbers)
-                raise
-            for number in numbers:
-                study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-            log.warning("trials %s failed (exit status %s)", numbers, error.code)
-            continue
-        except BaseException:
+    with study_lock(settings["storage"]):
+        batch = next_trials(study, space, settings["n_trials"], settings["n_jobs"])
+    if not batch:
+        return False
+    numbers = [number for number, _ in batch]
+    try:
+        returns = launch([fixed + trial_overrides(params) for _, params in batch], numbers)
+    except SystemExit as error:  # a trial's one-line error (a NaN meta-loss at a high rate, ...) exits
+        if isinstance(error.code, int) and error.code >= 128:  # 128 + signal: training was stopped
             keep_for_later(study, settings["storage"], numbers)
             raise
-        for number, job in zip(numbers, returns, strict=True):
-            value = job.return_value if job.status == JobStatus.COMPLETED else None
-            if isinstance(value, int | float):
-                study.tell(number, float(value))
-            else:
-                study.tell(number, state=optuna.trial.TrialState.FAIL)
-                log.warning("trial %d failed: %s", number, job._return_value)
+        for number in numbers:
+            study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        log.warning("trials %s failed (exit status %s)", numbers, error.code)
+        return True
+    except BaseException:
+        keep_for_later(study, settings["storage"], numbers)
+        raise
+    for number, job in zip(numbers, returns, strict=True):
+        value = job.return_value if job.status == JobStatus.COMPLETED else None
+        if isinstance(value, int | float):
+            study.tell(number, float(value))
+        else:
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
+            log.warning("trial %d failed: %s", number, job._return_value)
+    return True
 
 
 def keep_for_later(study, storage: str, numbers: list[int]) -> None:

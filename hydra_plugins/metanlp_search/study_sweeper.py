@@ -6,7 +6,6 @@ does the work.
 
 # No `from __future__ import annotations`: Hydra runs this module without registering it in sys.modules, where
 # dataclasses would look the string annotations up; and OmegaConf reads the schema's typing.Optional/Dict.
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional  # noqa: UP035
@@ -78,16 +77,9 @@ class StudySweeper(Sweeper):
             f"study {study.study_name!r} in {self.settings['storage']}: {len(study.trials)} of "
             f"{self.settings['n_trials']} trials so far; {self.settings['sampler']} over {', '.join(space)}"
         )
-        previous = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # between trials too, stop cleanly
         try:
             search.run_search(study, space, fixed, self.settings, self.launch)
         finally:
-            signal.signal(signal.SIGTERM, previous)
             best = search.write_best(study, sweep_dir)
         print(f"study {study.study_name!r}: {len(study.trials)} trials; best in {best}")
         return study
-
-
-def _exit_on_sigterm(signal_number: int, frame) -> None:
-    raise SystemExit(128 + signal_number)
