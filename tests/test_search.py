@@ -121,7 +121,7 @@ def complete_trials(study) -> list:
 
 @pytest.mark.smoke
 @needs_optuna
-def test_the_optuna_alias_is_tpe_over_maml_and_writes_the_best_trial(tmp_path):
+def test_the_optuna_alias_is_tpe_over_maml_and_its_report_has_the_best_trial_and_plots(tmp_path):
     sweep = tmp_path / "search"
     result = searched(sweep, "hparams_search=optuna", "hydra.sweeper.n_trials=2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -133,6 +133,18 @@ def test_the_optuna_alias_is_tpe_over_maml_and_writes_the_best_trial(tmp_path):
     ]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(study.best_value) and best["best_params"] == study.best_params
+
+    out = tmp_path / "report"
+    reported = metanlp("report", str(sweep), "--out", str(out))
+    assert reported.returncode == 0, reported.stderr
+    text = (out / "report.md").read_text()
+    assert "## Test accuracy (%)" in text and "### Search `maml_optuna` (tpe;" in text
+    assert f"**Best trial: #{study.best_trial.number}**, validation score {100 * study.best_value:.2f}%" in text
+    assert (
+        "| trial | state | validation (%) | algo.inner_train.lr | algo.inner_train.steps | trainer.outer_lr |" in text
+    )
+    for png in ("search_history_maml_optuna.png", "search_importances_maml_optuna.png"):
+        assert f"]({png})" in text and (out / png).stat().st_size > 1000
 
 
 @pytest.mark.slow
@@ -177,11 +189,12 @@ def test_a_search_stopped_after_three_trials_resumes_to_six_not_nine(tmp_path):
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
     stopped = study_of(sweep, "protonet_random")
-    assert 3 <= len(complete_trials(stopped)) < 6
+    before = len(stopped.trials)  # the study reads its database: count now
+    assert 3 <= len(complete_trials(stopped)) < 6 and before < 6
 
     resumed = searched(sweep, "hparams_search=random", "hydra.sweeper.n_trials=6")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"{len(stopped.trials)} of 6 trials so far" in resumed.stdout
+    assert f"{before} of 6 trials so far" in resumed.stdout
     study = study_of(sweep, "protonet_random")
     assert len(study.trials) == len(complete_trials(study)) == 6
     assert len({trial.params["trainer.outer_lr"] for trial in study.trials}) == 6  # new draws after the resume
