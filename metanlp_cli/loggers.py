@@ -183,8 +183,10 @@ class Loggers:
             logger.log_metrics(metrics, record["step"])
 
     def finish(self, results: Mapping, step: int) -> None:
-        """The test results with their CIs as metrics, the run's files as artifacts, and close."""
-        self.log_metrics({"step": step, **result_metrics(results)})
+        """The test results with their CIs as metrics (results.json has them: not in metrics.jsonl), the run's
+        files as artifacts, and close."""
+        for logger in self.loggers:
+            logger.log_metrics(result_metrics(results), step)
         files = [self.run_dir / name for name in ("results.md", "results.json", "config.yaml")]
         files += sorted(self.run_dir.glob("*.png"))
         for logger in self.loggers:
