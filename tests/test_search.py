@@ -165,6 +165,13 @@ def test_a_six_trial_search_over_protonets_space(tmp_path, sampler):
         assert config["algo"]["temperature"] == pytest.approx(trial.params["algo.temperature"])
         assert trial.value == pytest.approx(yaml.safe_load((run / "results.json").read_text())["best_val_accuracy"])
     assert len({trial.params["trainer.outer_lr"] for trial in trials}) == 6
+    if sampler == "gp":  # 4 random startup points (the same as random search's), then the GP's proposals
+        import optuna
+
+        space = search.search_space(None, SWEEPER["spaces"], SWEEPER["families"], "protonet")
+        random = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=SWEEPER["seed"]))
+        draws = [random.ask(space).params for _ in range(6)]
+        assert [t.params for t in trials[:4]] == draws[:4] and trials[4].params != draws[4]
 
 
 def start_search(sweep, n_trials: int) -> subprocess.Popen:
