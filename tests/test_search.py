@@ -221,3 +221,13 @@ def test_two_processes_fill_one_study(tmp_path):
     ran = [sum(f"] \t#{number} :" in output for number in range(6)) for output in outputs]
     assert sum(ran) == 6 and min(ran) >= 1, ran  # both took part
     assert len(list(sweep.glob("*/results.json"))) == 6
+
+
+@pytest.mark.smoke
+@needs_optuna
+def test_a_search_error_is_one_line(tmp_path):
+    refused = searched(tmp_path / "search", "hparams_search=random", "algo=maml,reptile")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and lines == [
+        "error: algo=maml,reptile: a search cannot sweep the config group algo; run one search per algo"
+    ], refused.stderr[-2000:]

@@ -17,6 +17,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from metanlp_cli import search
+from metanlp_cli.errors import report_errors
 
 
 @dataclass
@@ -65,6 +66,7 @@ class StudySweeper(Sweeper):
                 start = end
         return returns
 
+    @report_errors  # a MetaNLPError (a bad space, a study started otherwise) is one line, exit status 2
     def sweep(self, arguments: list[str]) -> Any:
         fixed, swept = search.split_arguments(arguments)
         space = search.search_space(
