@@ -46,7 +46,7 @@ results: $(STAMP) ## run the published-setting presets and write RESULTS.md (SIZ
 	$(BIN)/python -m reproduce --size $(SIZE) $(RESULTS)
 
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check metanlp_cli tests benchmarks reproduce
+	$(BIN)/ruff check metanlp_cli hydra_plugins tests benchmarks reproduce
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache
