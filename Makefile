@@ -35,7 +35,7 @@ test-full: $(STAMP) ## everything, slow end-to-end checks included
 	$(PYTEST) -q --run-slow
 
 smoke: $(STAMP) ## one tiny train + eval through the CLI
-	$(BIN)/metanlp train trainer=smoke hydra.run.dir=outputs/smoke/train
+	$(BIN)/metanlp train debug=smoke hydra.run.dir=outputs/smoke/train
 	$(BIN)/metanlp eval checkpoint=outputs/smoke/train/checkpoints/best.pt hydra.run.dir=outputs/smoke/eval
 
 bench: $(STAMP) ## run benchmarks/bench_*.py and write BENCHMARKS.md (BENCH="name ..." for some)
@@ -45,8 +45,10 @@ SIZE ?= cpu
 results: $(STAMP) ## run the published-setting presets and write RESULTS.md (SIZE=cpu|full, RESULTS="name ..." for some; needs METANLP_DATA_ROOT)
 	$(BIN)/python -m reproduce --size $(SIZE) $(RESULTS)
 
-lint: $(STAMP) ## ruff
-	$(BIN)/ruff check metanlp_cli hydra_plugins tests benchmarks reproduce
+LINT_PATHS := metanlp_cli hydra_plugins tests benchmarks reproduce
+lint: $(STAMP) ## ruff check and ruff format --check (what CI runs before the tests)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

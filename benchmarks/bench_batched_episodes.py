@@ -11,12 +11,13 @@ import time
 import torch
 
 from metanlp_cli.algorithms.base import Algorithm, LabelSpace
+from metanlp_cli.algorithms.meta_step import meta_batch_episodes, meta_step
 from metanlp_cli.algorithms.protonet import ProtoNet
 from metanlp_cli.backbones.pretrained import PretrainedEncoder, PretrainedTokenizer
-from metanlp_cli.components import cache_frozen_features
 from metanlp_cli.data.builtin import chatterbot_topics
+from metanlp_cli.data.cache import cache_frozen_features
 from metanlp_cli.data.types import EncodedSplit
-from metanlp_cli.sampling import EpisodeSampler, episode_seed
+from metanlp_cli.sampling import EpisodeSampler
 
 N_WAY, K_SHOT, Q_QUERY = 5, 5, 5
 META_BATCH_SIZE = 4
@@ -35,17 +36,12 @@ def synthetic_split(classes: int = 9, per_class: int = 40) -> EncodedSplit:
 
 
 def meta_training_episodes_per_second(algo: Algorithm, sampler: EpisodeSampler) -> float:
-    """The train recipe's step (meta-batch losses, backward, Adam) after one warm-up step."""
+    """The train recipe's step (`meta_step`: meta-batch losses, backward, Adam) after one warm-up step."""
     optimizer = torch.optim.Adam([p for p in algo.parameters() if p.requires_grad], lr=1e-5)
-    algo.train()
 
     def step(number: int) -> None:
-        optimizer.zero_grad()
-        indices = range(number * META_BATCH_SIZE, (number + 1) * META_BATCH_SIZE)
-        episodes = [sampler.episode(index) for index in indices]
-        for loss in algo.meta_batch_losses(episodes, [episode_seed(0, index) for index in indices]):
-            (loss / META_BATCH_SIZE).backward()
-        optimizer.step()
+        episodes, seeds = meta_batch_episodes(sampler, number, META_BATCH_SIZE, torch.device("cpu"))
+        meta_step(algo, optimizer, episodes, seeds, META_BATCH_SIZE)
 
     step(0)
     started = time.perf_counter()

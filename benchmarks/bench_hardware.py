@@ -63,7 +63,7 @@ def workload_step(algo: str) -> tuple[Workload, Callable[[int], float]]:
     """The CNN workload of `algo` and its meta-training step (index -> meta-loss), built fresh."""
     workload = Workload(algo, "cnn")
     model, optimizer, meta_batches = build_workload(workload)
-    return workload, lambda index: meta_train_step(model, optimizer, meta_batches[index % 2])
+    return workload, lambda index: meta_train_step(model, optimizer, meta_batches[index % 2], index)
 
 
 def kernel_gflops(threads: int) -> dict[str, tuple[int, float]]:

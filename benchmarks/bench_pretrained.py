@@ -12,8 +12,8 @@ import torch
 from metanlp_cli.algorithms.base import LabelSpace
 from metanlp_cli.algorithms.protonet import ProtoNet
 from metanlp_cli.backbones.pretrained import PretrainedEncoder, PretrainedTokenizer
-from metanlp_cli.components import cache_frozen_features
 from metanlp_cli.data.builtin import chatterbot_topics
+from metanlp_cli.data.cache import cache_frozen_features
 from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.protocols import episode_scores
 from metanlp_cli.sampling import EpisodeSampler

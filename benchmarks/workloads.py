@@ -8,7 +8,6 @@ composed and built as `metanlp train` builds them, fed seeded random token ids.
 from __future__ import annotations
 
 import dataclasses
-import math
 import multiprocessing
 import os
 import statistics
@@ -24,9 +23,9 @@ from tqdm.auto import tqdm
 
 from metanlp_cli import CONFIG_DIR
 from metanlp_cli.algorithms.base import Algorithm, LabelSpace
+from metanlp_cli.algorithms.meta_step import meta_step
 from metanlp_cli.components import build_algorithm, build_encoder
-from metanlp_cli.config import TrainerConfig, validate
-from metanlp_cli.sampling import Batch, Episode
+from metanlp_cli.sampling import Batch, Episode, episode_seed
 from metanlp_cli.train import outer_optimizer
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -110,24 +109,16 @@ def build_workload(workload: Workload, seed: int = 0) -> tuple[Algorithm, torch.
     torch.manual_seed(seed)
     encoder = build_encoder(cfg, workload.vocab)
     algo = build_algorithm(cfg, encoder, LabelSpace(workload.n_way, NUM_TRAIN_CLASSES))
-    optimizer = outer_optimizer(algo, validate(cfg.trainer, TrainerConfig, "trainer"))
+    optimizer = outer_optimizer(algo, cfg)
     episodes = synthetic_episodes(workload, 2 * workload.meta_batch, seed)
     return algo, optimizer, [episodes[: workload.meta_batch], episodes[workload.meta_batch :]]
 
 
-def meta_train_step(algo: Algorithm, optimizer: torch.optim.Optimizer, episodes: list[Episode]) -> float:
-    """One step of the train recipe's loop (`metanlp_cli.train.run`, one process): per episode adapt,
-    meta-loss and backward; gradient norm; outer optimizer step. Returns the meta-loss."""
-    algo.train()
-    optimizer.zero_grad()
-    meta_loss = 0.0
-    for episode in episodes:
-        loss = algo.meta_loss(algo.adapt(episode.support), episode.query) / len(episodes)
-        loss.backward()
-        meta_loss += loss.item()
-    torch.nn.utils.clip_grad_norm_(algo.parameters(), math.inf)
-    optimizer.step()
-    return meta_loss
+def meta_train_step(algo: Algorithm, optimizer: torch.optim.Optimizer, episodes: list[Episode], step: int = 0) -> float:
+    """Meta-batch `step` through the train recipe's own step (`meta_step`, one process, no clipping), with
+    the episode seeds the recipe would give them. Returns the meta-loss."""
+    seeds = [episode_seed(0, step * len(episodes) + index) for index in range(len(episodes))]
+    return meta_step(algo, optimizer, episodes, seeds, len(episodes)).meta_loss
 
 
 def window_seconds(step: Callable[[int], object], timing: Timing) -> list[float]:
@@ -172,7 +163,7 @@ def measure_here(workload: Workload, timing: Timing) -> dict[str, float | None]:
     torch.set_num_threads(timing.threads)
     algo, optimizer, meta_batches = build_workload(workload)
     resident = memory_kib("VmRSS") if reset_peak_memory() else None
-    seconds = median_seconds(lambda i: meta_train_step(algo, optimizer, meta_batches[i % 2]), timing)
+    seconds = median_seconds(lambda i: meta_train_step(algo, optimizer, meta_batches[i % 2], i), timing)
     peak = memory_kib("VmHWM") if resident is not None else None
     return {
         "episodes_per_s": workload.meta_batch / seconds,

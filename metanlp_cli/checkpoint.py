@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import signal
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import torch
@@ -35,6 +33,19 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         raise
 
 
+def upgrade_config(config: dict) -> dict:
+    """A saved config as today's configs spell it: before the `optim` group, the outer optimizer was
+    `trainer.outer_optimizer` (adam | sgd), `trainer.outer_lr` and `trainer.weight_decay`."""
+    trainer = config.get("trainer") or {}
+    if "optim" in config or "outer_optimizer" not in trainer:
+        return config
+    name = trainer.pop("outer_optimizer")
+    optimizer = {"_target_": "torch.optim.SGD" if name == "sgd" else "torch.optim.Adam", "_partial_": True}
+    settings = {"lr": trainer.pop("outer_lr", 1e-3), "weight_decay": trainer.pop("weight_decay", 0.0)}
+    config["optim"] = {**optimizer, **settings}
+    return config
+
+
 def load_checkpoint(path: str | Path, key: str = "checkpoint") -> dict:
     path = Path(path)
     if path.is_dir():
@@ -49,6 +60,8 @@ def load_checkpoint(path: str | Path, key: str = "checkpoint") -> dict:
         raise MetaNLPError(f"{key}={str(path)!r} is not a readable metanlp checkpoint ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise MetaNLPError(f"{key}={str(path)!r} is not a metanlp checkpoint (format {FORMAT_VERSION})")
+    if isinstance(payload.get("config"), dict):
+        payload["config"] = upgrade_config(payload["config"])
     return payload
 
 
@@ -95,32 +108,6 @@ def find_last_checkpoint(value: str, output_root: str | Path) -> Path:
     if not path.is_file():
         raise MetaNLPError(f"resume={value!r}: no checkpoints/last.pt there; give a run directory or its last.pt")
     return path.resolve()
-
-
-def _quoted(value: str) -> str:
-    """A path as a Hydra override value (quoted when it has characters the override grammar reads)."""
-    return value if re.fullmatch(r"[\w./:-]+", value) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def resume_arguments(arguments: list[str], output_root: str | None, multirun: bool) -> list[str]:
-    """`resume=true|RUN_DIR|last.pt` on the command line -> the resolved last.pt, and Hydra told to write
-    into that run's own directory (its records of this command go to .hydra/resume_DATE_TIME/)."""
-    values = [a.partition("=")[2] for a in arguments if a.startswith("resume=")]
-    if not values or values[-1].lower() in ("null", "false", ""):
-        return arguments
-    if multirun:
-        raise MetaNLPError("resume continues one run; drop -m")
-    if any(a.startswith("hydra.run.dir=") for a in arguments):
-        raise MetaNLPError("resume writes into the run's own directory; drop hydra.run.dir=")
-    last = find_last_checkpoint(values[-1], output_root or "outputs")
-    run_dir = last.parent.parent if last.parent.name == "checkpoints" else last.parent
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    return [
-        *(a for a in arguments if not a.startswith("resume=")),
-        f"resume={_quoted(str(last))}",
-        f"hydra.run.dir={_quoted(str(run_dir))}",
-        f"hydra.output_subdir=.hydra/resume_{stamp}",
-    ]
 
 
 def resumed_config(cfg: DictConfig, choices: dict, overrides: list[str]) -> tuple[DictConfig, dict]:

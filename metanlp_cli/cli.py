@@ -1,15 +1,19 @@
-"""`metanlp train|eval ...`: check the overrides, then hand them to that command's Hydra app.
+"""`metanlp train|eval|data ...`: check the overrides (compose.py), rewrite the command line for a resumed
+run or a torchrun rank, then hand it to that command's Hydra app, which runs the recipe.
 `metanlp report ...` is a plain command (no Hydra)."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
+import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from metanlp_cli import CONFIG_DIR, __version__
+from metanlp_cli.checkpoint import find_last_checkpoint
+from metanlp_cli.compose import check_composition, check_group_choices, check_sweep_options, config_groups
+from metanlp_cli.distributed import launched_world_size
 from metanlp_cli.errors import MetaNLPError, report_errors, traceback_requested
 
 COMMANDS = {
@@ -17,14 +21,6 @@ COMMANDS = {
     "eval": ("eval", "score a checkpoint: metanlp eval checkpoint=RUN_DIR/checkpoints/best.pt [protocol.*=...]"),
     "data": ("data", "check a dataset before training: metanlp data describe dataset=NAME"),
     "report": (None, "compare runs: metanlp report PATH... [--out DIR] (tables, paired differences, plots)"),
-}
-# Overrides that need a Hydra plugin from the `sweeps` extra: (key, choice prefix) -> plugin module.
-PLUGINS = {
-    ("hparams_search", ""): "optuna",  # hydra/sweeper=metanlp_study (metanlp_cli/search.py) runs a current Optuna
-    ("hydra/sweeper", "metanlp_study"): "optuna",
-    ("hydra/launcher", "joblib"): "hydra_plugins.hydra_joblib_launcher",
-    ("hydra/launcher", "submitit"): "hydra_plugins.hydra_submitit_launcher",
-    ("hydra/launcher", "slurm"): "hydra_plugins.hydra_submitit_launcher",
 }
 DATA_ACTIONS = ("describe",)
 HYDRA_FLAGS_WITH_VALUE = {
@@ -39,14 +35,6 @@ HYDRA_FLAGS_WITH_VALUE = {
     "--info",
     "--experimental-rerun",
 }
-
-
-def config_groups() -> dict[str, list[str]]:
-    """Every config group (a folder of configs/) with its choices, nested ones as `glue/cola`."""
-    groups = {}
-    for folder in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
-        groups[folder.name] = sorted(str(f.relative_to(folder).with_suffix("")) for f in folder.rglob("*.yaml"))
-    return groups
 
 
 def usage() -> str:
@@ -90,82 +78,6 @@ def _overrides(arguments: list[str]) -> list[str]:
     return result
 
 
-def check_group_choices(overrides: list[str]) -> None:
-    """`algo=foo` where no configs/algo/foo.yaml exists: one line naming what is allowed."""
-    groups = config_groups()
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key not in groups or "(" in value or value in ("", "null"):
-            continue
-        for choice in value.strip("[]").split(","):  # a sweep a,b or a list [a,b] (logger=[csv,mlflow])
-            if choice not in groups[key]:
-                raise MetaNLPError(f"{key}={choice!r} is not a known choice; allowed: {', '.join(groups[key])}")
-
-
-def check_sweep_options(overrides: list[str], multirun: bool) -> None:
-    """Searches and launchers need the `sweeps` extra, and a search needs -m."""
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        for (plugin_key, prefix), module in PLUGINS.items():
-            if key == plugin_key and value.startswith(prefix) and importlib.util.find_spec(module) is None:
-                raise MetaNLPError(f"{key}={value} needs the sweeps extra: pip install 'metanlp_cli[sweeps]'")
-        if key == "hparams_search" and value not in ("", "null") and not multirun:
-            raise MetaNLPError(f"hparams_search={value} runs many trainings: add -m (metanlp train -m {override} ...)")
-
-
-def missing_keys(node: dict, prefix: str = "") -> list[str]:
-    """Keys whose value is `???` (a value the user must give), without resolving interpolations."""
-    missing = []
-    for key, value in node.items():
-        if value == "???":
-            missing.append(f"{prefix}{key}")
-        elif isinstance(value, dict):
-            missing += missing_keys(value, f"{prefix}{key}.")
-    return missing
-
-
-@contextlib.contextmanager
-def config_search_path(config_name: str):
-    """Where `compose` finds configs/: set up here, or the running app's (a training run's evaluations)."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        yield
-        return
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name=config_name):
-        yield
-
-
-def check_composition(config_name: str, overrides: list[str]):
-    """Compose the config once before Hydra does, so a bad key or type is one line, not a report.
-    Returns the composed config."""
-    from hydra import compose
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-    with config_search_path(config_name):
-        try:
-            composed = compose(config_name, overrides=plain)
-        except (HydraException, OmegaConfBaseException) as error:
-            unknown = re.match(r"Could not override '([^']+)'", str(error))
-            if unknown:
-                key = unknown.group(1)
-                parent, _, leaf = key.rpartition(".")
-                others = [o for o in plain if not o.startswith(f"{key}=")]
-                node = OmegaConf.select(compose(config_name, overrides=others), parent) if parent else None
-                allowed = f"; allowed: {', '.join(map(str, node))}" if hasattr(node, "keys") else ""
-                raise MetaNLPError(f"{key} is not a known key{allowed} (add a new key with +{key}=...)") from None
-            message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-            raise MetaNLPError(message) from None
-    missing = missing_keys(OmegaConf.to_container(composed, resolve=False))
-    if missing:
-        raise MetaNLPError(f"{missing[0]} is required: add {missing[0]}=... to the command line")
-    return composed
-
-
 def _train_task(cfg):
     from hydra.core.hydra_config import HydraConfig
 
@@ -189,7 +101,7 @@ def _eval_task(cfg):
 
 
 def _data_task(cfg):
-    from metanlp_cli.data import describe
+    from metanlp_cli import describe
 
     describe.run(cfg)
 
@@ -229,9 +141,6 @@ def main(argv: list[str] | None = None) -> None:
         if not multirun and not any(flag in rest for flag in ("--help", "-h", "--hydra-help")):
             cfg = check_composition(COMMANDS[command][0], overrides)
         if command == "train":
-            from metanlp_cli.checkpoint import resume_arguments
-            from metanlp_cli.distributed import launch_arguments
-
             rest = resume_arguments(rest, cfg.paths.output_root if cfg else None, multirun)
             rest = launch_arguments(rest, multirun)
     except MetaNLPError as error:
@@ -247,3 +156,48 @@ def main(argv: list[str] | None = None) -> None:
         report_errors(TASKS[command])
     )
     app()
+
+
+def _quoted(value: str) -> str:
+    """A path as a Hydra override value (quoted when it has characters the override grammar reads)."""
+    return value if re.fullmatch(r"[\w./:-]+", value) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def resume_arguments(arguments: list[str], output_root: str | None, multirun: bool) -> list[str]:
+    """`resume=true|RUN_DIR|last.pt` on the command line -> the resolved last.pt, and Hydra told to write
+    into that run's own directory (its records of this command go to .hydra/resume_DATE_TIME/)."""
+    values = [a.partition("=")[2] for a in arguments if a.startswith("resume=")]
+    if not values or values[-1].lower() in ("null", "false", ""):
+        return arguments
+    if multirun:
+        raise MetaNLPError("resume continues one run; drop -m")
+    if any(a.startswith("hydra.run.dir=") for a in arguments):
+        raise MetaNLPError("resume writes into the run's own directory; drop hydra.run.dir=")
+    last = find_last_checkpoint(values[-1], output_root or "outputs")
+    run_dir = last.parent.parent if last.parent.name == "checkpoints" else last.parent
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    return [
+        *(a for a in arguments if not a.startswith("resume=")),
+        f"resume={_quoted(str(last))}",
+        f"hydra.run.dir={_quoted(str(run_dir))}",
+        f"hydra.output_subdir=.hydra/resume_{stamp}",
+    ]
+
+
+def launch_arguments(arguments: list[str], multirun: bool) -> list[str]:
+    """Under torchrun, every rank runs the same command: they must share one run directory, and only
+    rank 0 keeps Hydra's records; the other ranks log to train_rankN.log beside it."""
+    world_size = launched_world_size()
+    if world_size == 1:
+        return arguments
+    if multirun:
+        raise MetaNLPError("torchrun runs one training job; drop -m (sweep over torchrun launches instead)")
+    if not any(a.startswith("hydra.run.dir=") for a in arguments):
+        raise MetaNLPError(
+            f"under torchrun (WORLD_SIZE={world_size}) all ranks must write to one run directory; "
+            "add hydra.run.dir=outputs/train/NAME"
+        )
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        return arguments
+    return [*arguments, "hydra.output_subdir=null", f"hydra.job.name=train_rank{rank}"]

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import Counter
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
 from metanlp_cli.algorithms.base import Algorithm, LabelSpace
 from metanlp_cli.config import build
-from metanlp_cli.data.cache import FeatureCache, TokenCache
+from metanlp_cli.data.cache import TokenCache
 from metanlp_cli.data.types import PHASE_SPLITS, ClassSplit, EncodedSplit, TaskCollection, Text
 from metanlp_cli.errors import MetaNLPError
-from metanlp_cli.protocols import KShotProtocol, KShotTask
-from metanlp_cli.sampling import Batch
 
 log = logging.getLogger(__name__)
 
@@ -103,118 +99,3 @@ def build_encoder(cfg: DictConfig, vocab_size: int) -> nn.Module:
 
 def build_algorithm(cfg: DictConfig, encoder: nn.Module, label_space: LabelSpace) -> Algorithm:
     return build(cfg.algo, "algo", encoder=encoder, label_space=label_space)
-
-
-def frozen_features_of(
-    encoder: nn.Module, token_ids: torch.Tensor, progress: bool, cache: FeatureCache
-) -> tuple[torch.Tensor | None, bool]:
-    """The output of the encoder's frozen layers for these rows (None where it has none), and whether
-    it was read from `cache`."""
-    frozen_features = getattr(encoder, "frozen_features", None)
-    if frozen_features is None:
-        return None, False
-    return cache.features(token_ids, lambda rows: frozen_features(rows, progress))
-
-
-def cache_frozen_features(
-    encoder: nn.Module, splits: dict[str, EncodedSplit], progress: bool = True, cache_dir: str | None = None
-) -> tuple[dict[str, EncodedSplit], float]:
-    """Where the encoder is frozen, put its features in place of each split's token ids, computed once:
-    every episode, in training and evaluation, reuses them. With `cache_dir` they are also kept on disk
-    for the next run (see `FeatureCache`). Returns the seconds taken too.
-
-    An encoder opts in with `frozen_features(token_ids, progress) -> features | None` (None: it trains),
-    and to the disk cache with `feature_fingerprint() -> str`.
-    """
-    start = time.perf_counter()
-    cache, cached, from_cache = FeatureCache(encoder, cache_dir), {}, 0
-    for name, split in splits.items():
-        features, hit = frozen_features_of(encoder, split.inputs, progress, cache)
-        if features is None:
-            return splits, 0.0
-        cached[name] = dataclasses.replace(split, inputs=features)
-        from_cache += hit
-    if cache.cache_dir is not None:
-        log.info("features from cache: %d of %d splits, in %s", from_cache, len(splits), cache.cache_dir)
-    return cached, time.perf_counter() - start
-
-
-def kshot_tasks(
-    tokenizer,
-    dataset: Dataset,
-    split: str,
-    encoder: nn.Module,
-    device: torch.device,
-    protocol: KShotProtocol,
-    cache_dir: str | None = None,
-    progress: bool = True,
-) -> list[KShotTask]:
-    """Each target task of a collection as the protocol's training sets (rows of its train split, each one
-    support set) and the evaluation split that `split` asks for. Every split (or the rows of it that the
-    training sets use) is tokenized, and for a frozen encoder embedded, once: LM-BFF's seeds share their
-    test set. The training sets of a task are reported together, under its `group` (or its name)."""
-    named = f"protocol={protocol.name}"
-    if not isinstance(dataset, TaskCollection):
-        raise MetaNLPError(
-            f"{named} needs a task collection (e.g. dataset=lmbff/sst2); {dataset.name} is a class split"
-        )
-    if split not in protocol.evaluation_splits:
-        allowed = ", ".join(protocol.evaluation_splits)
-        raise MetaNLPError(f"split={split!r} with {named}; allowed: {allowed} (the train split is the support set)")
-    wanted = protocol.evaluation_splits[split]
-    cache, inputs_of, chosen = TokenCache(tokenizer, cache_dir), {}, []
-    for task in dataset.phase_tasks("test"):
-        evaluation_split = next((s for s in wanted if task.split(s) is not None), None)
-        if task.train is None or evaluation_split is None:
-            raise MetaNLPError(
-                f"task {task.name} of {dataset.name} needs a train split and a {' or '.join(wanted)} split for {named}"
-            )
-        training_sets = protocol.training_sets(task)
-        used = [rows for _, rows in training_sets]
-        train_rows = None if any(rows is None for rows in used) else np.unique(np.concatenate(used))
-        evaluation = task.split(evaluation_split)
-        # Keyed by the texts' identity and the rows taken: the training sets of a task share its evaluation split.
-        train_key = (id(task.train), None if train_rows is None else train_rows.tobytes())
-        for key, texts, rows in ((train_key, task.train, train_rows), ((id(evaluation), None), evaluation, None)):
-            if key not in inputs_of:
-                inputs_of[key] = cache.encode(texts.texts if rows is None else [texts.texts[i] for i in rows])[0]
-                inputs_of[key] = inputs_of[key].to(device)
-        chosen.append((task, evaluation_split, training_sets, train_rows, train_key))
-    start, features_cache, from_cache = time.perf_counter(), FeatureCache(encoder, cache_dir), 0
-    for key, inputs in inputs_of.items():
-        features, hit = frozen_features_of(encoder, inputs, progress, features_cache)
-        if features is None:
-            break
-        inputs_of[key] = features
-        from_cache += hit
-    else:
-        log.info("frozen layers: their output for every example computed once, in %.2fs", time.perf_counter() - start)
-        if features_cache.cache_dir is not None:
-            log.info("features from cache: %d of %d splits, in %s", from_cache, len(inputs_of), cache_dir)
-
-    tasks = []
-    for task, evaluation_split, training_sets, train_rows, train_key in chosen:
-        evaluation, train_inputs = task.split(evaluation_split), inputs_of[train_key]
-        label_type = torch.float32 if task.regression else torch.int64
-        train_labels = torch.tensor(task.train.labels, dtype=label_type, device=device)
-        for name, rows in training_sets:
-            if rows is None:
-                support_inputs, support_labels = train_inputs, train_labels
-            else:  # the encoded rows are `train_rows`: find these among them
-                positions = torch.as_tensor(np.searchsorted(train_rows, rows), device=device)
-                support_inputs = train_inputs[positions]
-                support_labels = train_labels[torch.as_tensor(rows, device=device)]
-            support = Batch(support_inputs, support_labels, torch.arange(len(task.label_names), device=device))
-            tasks.append(
-                KShotTask(
-                    name,
-                    task.group or task.name,
-                    support,
-                    inputs_of[(id(evaluation), None)],
-                    torch.tensor(evaluation.labels, dtype=label_type, device=device),
-                    evaluation_split,
-                    task.metrics,
-                    task.regression,
-                )
-            )
-    return tasks

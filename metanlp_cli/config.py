@@ -187,9 +187,6 @@ class TrainerConfig:
 
     steps: int = 300
     meta_batch_size: int = 4
-    outer_optimizer: str = "adam"
-    outer_lr: float = 1e-3
-    weight_decay: float = 0.0
     grad_clip: float | None = None  # noqa: UP007 (OmegaConf needs Optional)
     eval_interval: int = 100
     val_episodes: int = 100
@@ -202,13 +199,21 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise MetaNLPError(f"trainer.device={self.device!r} is not allowed; allowed: auto, cpu, cuda")
-        if self.outer_optimizer not in ("adam", "sgd"):
-            raise MetaNLPError(f"trainer.outer_optimizer={self.outer_optimizer!r} is not allowed; allowed: adam, sgd")
         if self.steps < 0:  # 0: no meta-training, the model is validated and tested as initialised
             raise MetaNLPError(f"trainer.steps={self.steps} must be >= 0 (0: test the model without meta-training)")
         for name in ("meta_batch_size", "eval_interval", "val_episodes", "log_interval"):
             if getattr(self, name) < 1:
                 raise MetaNLPError(f"trainer.{name}={getattr(self, name)} must be >= 1")
+
+
+GLOBAL_GROUPS = ("debug",)  # config groups whose choices (`# @package _global_`) set keys of other groups
+
+
+def _leaf_keys(node: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in node.items():
+        keys += _leaf_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else [f"{prefix}{name}"]
+    return keys
 
 
 def apply_overrides(base: DictConfig, composed: DictConfig, overrides: list[str], skip: set[str]) -> DictConfig:
@@ -223,6 +228,11 @@ def apply_overrides(base: DictConfig, composed: DictConfig, overrides: list[str]
     for override in OverridesParser.create().parse_overrides(overrides):
         # `+dataset/glue@dataset.tasks.extra=qqp` puts a config at its package, not at `dataset.glue`
         key = override.package or override.key_or_group.replace("/", ".")
+        if key in GLOBAL_GROUPS:  # `debug=smoke` sets keys of other groups: copy each of those
+            settings = yaml.safe_load((CONFIG_DIR / key / f"{override.value()}.yaml").read_text()) or {}
+            for leaf in _leaf_keys(settings):
+                OmegaConf.update(result, leaf, OmegaConf.select(composed, leaf), merge=False, force_add=True)
+            continue
         if key.split(".")[0] in skip or key.startswith("hydra"):
             continue
         if override.is_delete():

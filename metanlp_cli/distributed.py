@@ -108,22 +108,3 @@ def start(enabled: bool, device: torch.device, meta_batch_size: int) -> Ranks:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Ranks(rank=rank, world_size=world_size, device=device)
-
-
-def launch_arguments(arguments: list[str], multirun: bool) -> list[str]:
-    """Under torchrun, every rank runs the same command: they must share one run directory, and only
-    rank 0 keeps Hydra's records; the other ranks log to train_rankN.log beside it."""
-    world_size = launched_world_size()
-    if world_size == 1:
-        return arguments
-    if multirun:
-        raise MetaNLPError("torchrun runs one training job; drop -m (sweep over torchrun launches instead)")
-    if not any(a.startswith("hydra.run.dir=") for a in arguments):
-        raise MetaNLPError(
-            f"under torchrun (WORLD_SIZE={world_size}) all ranks must write to one run directory; "
-            "add hydra.run.dir=outputs/train/NAME"
-        )
-    rank = int(os.environ.get("RANK", "0"))
-    if rank == 0:
-        return arguments
-    return [*arguments, "hydra.output_subdir=null", f"hydra.job.name=train_rank{rank}"]

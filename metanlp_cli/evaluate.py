@@ -11,18 +11,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from metanlp_cli.algorithms.base import LabelSpace
 from metanlp_cli.checkpoint import load_checkpoint
-from metanlp_cli.components import (
-    build_algorithm,
-    build_encoder,
-    cache_frozen_features,
-    encode_splits,
-    kshot_tasks,
-    load_dataset,
-    resolve_device,
-)
+from metanlp_cli.components import build_algorithm, build_encoder, load_dataset, resolve_device
+from metanlp_cli.compose import check_composition, check_group_choices
 from metanlp_cli.config import TrainerConfig, apply_overrides, build, validate
 from metanlp_cli.errors import MetaNLPError
-from metanlp_cli.protocols import KShotProtocol
 from metanlp_cli.results import KSHOT_PROTOCOLS, kshot_table, summary_line, write_results
 
 log = logging.getLogger(__name__)
@@ -64,15 +56,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     algo.load_state_dict(checkpoint["model"])
     protocol = build(run_cfg.protocol, "protocol")
 
-    if isinstance(protocol, KShotProtocol):  # whole tasks: each training set adapted on, its evaluation set scored
-        tasks = kshot_tasks(tokenizer, dataset, cfg.split, encoder, device, protocol, cache_dir, trainer.progress)
-        results = protocol.run(algo, encoder, tasks, device, trainer.progress)
-    else:  # episodes sampled from the split
-        splits, _ = encode_splits(tokenizer, dataset, (cfg.split,), device, cache_dir)
-        splits, seconds = cache_frozen_features(encoder, splits, trainer.progress, cache_dir)
-        if seconds:
-            log.info("frozen layers: their output for every example computed once, in %.2fs", seconds)
-        results = protocol.run(algo, splits[cfg.split], device, trainer.progress)
+    prepared = protocol.prepare(tokenizer, dataset, cfg.split, encoder, device, cache_dir, trainer.progress)
+    results = protocol.score(algo, prepared, device, trainer.progress)
     results["split"] = cfg.split
 
     choices = {**checkpoint["choices"], **{k: v for k, v in _group_choices(overrides).items()}}
@@ -114,8 +99,6 @@ def evaluation_name(overrides: list[str]) -> str:
 def check_evaluations(evaluations) -> list[tuple[str, list[str], DictConfig]]:
     """A train config's `evaluations` (override lists of `metanlp eval`), each composed with the eval config
     now, so that a bad one stops the run before training. Returns (folder name, overrides, eval config)."""
-    from metanlp_cli.cli import check_composition, check_group_choices
-
     plain = OmegaConf.to_container(evaluations) if isinstance(evaluations, ListConfig) else evaluations
     if not isinstance(plain, list) or not all(
         isinstance(overrides, list) and all(isinstance(o, str) for o in overrides) for overrides in plain

@@ -13,8 +13,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from metanlp_cli.errors import MetaNLPError
-from metanlp_cli.metrics import mean_confidence_interval
-from metanlp_cli.results import format_score, n_way_text, q_query_text
+from metanlp_cli.results import n_way_text, q_query_text
+from metanlp_cli.stats import format_score, mean_confidence_interval
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,14 @@
-"""Scores and their uncertainty: accuracy, the GLUE metrics (scikit-learn / scipy, no network),
-and confidence intervals over episodes or seeds."""
+"""Scores: accuracy and the GLUE metrics (scikit-learn / scipy, no network). Their uncertainty
+(confidence intervals, paired differences) is stats.py."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from scipy import stats
 from sklearn.metrics import f1_score, matthews_corrcoef
-
-Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -72,17 +69,3 @@ def task_scores(metric_names: Sequence[str], predictions: Sequence, labels: Sequ
     if len(scores) > 1:
         scores["combined"] = float(np.mean(list(scores.values())))
     return scores
-
-
-def mean_confidence_interval(values: Sequence[float]) -> dict[str, float]:
-    """Mean, sample standard deviation and the 95% CI half-width 1.96 * std / sqrt(n), the few-shot
-    convention (Snell et al. 2017; Bao et al. 2020) over a fixed set of test episodes."""
-    array = np.asarray(values, dtype=np.float64)
-    count = int(array.size)
-    std = float(array.std(ddof=1)) if count > 1 else 0.0
-    return {
-        "mean": float(array.mean()) if count else math.nan,
-        "std": std,
-        "ci95": Z_95 * std / math.sqrt(count) if count > 1 else math.nan,
-        "count": count,
-    }

@@ -15,7 +15,6 @@ import argparse
 import csv
 import itertools
 import json
-import math
 import re
 import sys
 import time
@@ -25,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from scipy import stats
 
 from metanlp_cli import search_report
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.metrics import REGRESSION_METRICS
+from metanlp_cli.stats import paired_difference as stats_paired_difference
+from metanlp_cli.stats import seed_confidence_interval
 
 # Config keys that say nothing about the method: seeds, where and how it ran, and what defines the task.
 NOT_METHOD = re.compile(
@@ -208,23 +208,22 @@ def _name_methods(runs: list[Run]) -> list[Run]:
 
 
 def summarise(runs: list[Run]) -> Cell:
-    """Mean over the runs; 95% CI over their means (Student t, n-1 degrees of freedom), or for a single
+    """Mean over the runs; 95% CI over their means (Student t over the seeds, `stats`), or for a single
     run its own CI over the test episodes."""
-    means = np.array([r.accuracy for r in runs])
+    means = [r.accuracy for r in runs]
     if len(runs) == 1:
         return Cell(runs, float(means[0]), runs[0].ci95, "episodes")
-    half_width = stats.t.ppf(0.975, len(runs) - 1) * means.std(ddof=1) / math.sqrt(len(runs))
-    return Cell(runs, float(means.mean()), float(half_width), "seeds")
+    over_seeds = seed_confidence_interval(means)
+    return Cell(runs, over_seeds["mean"], over_seeds["ci95"], "seeds")
 
 
 def paired_difference(a: list[Run], b: list[Run]) -> dict:
     """Mean of accuracy(a) - accuracy(b) over the shared test episodes, each method's per-episode accuracy
-    averaged over its seeds, with the 95% CI of that mean (Student t over the episodes)."""
-    difference = np.mean([r.episode_accuracies for r in a], axis=0) - np.mean([r.episode_accuracies for r in b], axis=0)
-    count = difference.size
-    half_width = stats.t.ppf(0.975, count - 1) * difference.std(ddof=1) / math.sqrt(count) if count > 1 else math.nan
-    mean = float(difference.mean())
-    return {"mean": mean, "low": mean - half_width, "high": mean + half_width, "episodes": count}
+    averaged over its seeds, with the 95% CI of that mean (`stats.paired_difference`: Student t)."""
+    difference = stats_paired_difference(
+        np.mean([r.episode_accuracies for r in a], axis=0), np.mean([r.episode_accuracies for r in b], axis=0)
+    )
+    return {**difference, "episodes": difference["count"]}
 
 
 def verdict(a: str, b: str, difference: dict) -> str:

@@ -6,10 +6,7 @@ import json
 from pathlib import Path
 
 from metanlp_cli.metrics import REGRESSION_METRICS
-
-
-def format_score(score: dict) -> str:
-    return f"{100 * score['mean']:.2f} +/- {100 * score['ci95']:.2f}"
+from metanlp_cli.stats import format_score
 
 
 def n_way_text(results: dict) -> str:

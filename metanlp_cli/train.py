@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 
 from metanlp_cli import distributed, loggers
 from metanlp_cli.algorithms.base import Algorithm, LabelSpace
+from metanlp_cli.algorithms.meta_step import meta_batch_episodes, meta_step
 from metanlp_cli.checkpoint import (
     StopOnSignal,
     load_checkpoint,
@@ -28,20 +28,19 @@ from metanlp_cli.checkpoint import (
 from metanlp_cli.components import (
     build_algorithm,
     build_encoder,
-    cache_frozen_features,
     encode_splits,
     load_dataset,
     resolve_device,
     training_texts,
 )
 from metanlp_cli.config import TrainerConfig, build, validate
+from metanlp_cli.data.cache import cache_frozen_features
 from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.errors import MetaNLPError, RunInterrupted
 from metanlp_cli.evaluate import check_evaluations, run_evaluations
-from metanlp_cli.metrics import mean_confidence_interval
 from metanlp_cli.protocols import EpisodicProtocol, episode_scores, fixed_encoder_view, score_name
-from metanlp_cli.results import format_score, summary_line, write_results
-from metanlp_cli.sampling import episode_seed
+from metanlp_cli.results import summary_line, write_results
+from metanlp_cli.stats import format_score, mean_confidence_interval
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +52,11 @@ REGRESSION_HINT = (
 )
 
 
-def outer_optimizer(algo: Algorithm, trainer: TrainerConfig) -> torch.optim.Optimizer | None:
-    """The meta-optimizer over the trainable parameters; None when every parameter is frozen."""
+def outer_optimizer(algo: Algorithm, cfg: DictConfig) -> torch.optim.Optimizer | None:
+    """The meta-optimizer (`optim=`, a torch.optim class) over the trainable parameters; None when every
+    parameter is frozen."""
     parameters = [p for p in algo.parameters() if p.requires_grad]
-    if not parameters:
-        return None
-    if trainer.outer_optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=trainer.outer_lr, weight_decay=trainer.weight_decay)
-    return torch.optim.Adam(parameters, lr=trainer.outer_lr, weight_decay=trainer.weight_decay)
+    return build(cfg.optim, "optim", params=parameters) if parameters else None
 
 
 def truncate_jsonl(path: Path, step: int) -> None:
@@ -148,7 +144,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     for name in ("val", "test"):  # fail now, not after training, if a split cannot hold the protocol's episodes
         protocol.sampler(splits[name])
     val_name = score_name(protocol.episodes(splits["val"], trainer.val_episodes))  # accuracy; pearson; score (mixed)
-    optimizer = outer_optimizer(algo, trainer)
+    optimizer = outer_optimizer(algo, cfg)
     steps = trainer.steps if optimizer else 0
     start_step, best_val = restore_training_state(cfg.get("resume"), algo, optimizer)
     ranks.broadcast_state(algo)
@@ -184,26 +180,15 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     with StopOnSignal() as stop:
         for step in progress:
             started = time.perf_counter()
-            algo.train()
-            optimizer.zero_grad()
-            meta_loss = 0.0
-            indices = ranks.episode_indices(step, trainer.meta_batch_size)  # all of them in one process
-            episodes = [sampler.episode(index).to(device) for index in indices]
-            seeds = [episode_seed(trainer.seed, index) for index in indices]  # dropout masks follow the episode
-            # One part per episode (adapt, then meta_loss), or one for all where the algorithm batches them.
-            for loss in algo.meta_batch_losses(episodes, seeds):
-                loss = loss / trainer.meta_batch_size
-                loss.backward()
-                meta_loss += loss.item()
-            meta_loss = ranks.sum_gradients(algo.parameters(), meta_loss)
-            gradient_norm = torch.nn.utils.clip_grad_norm_(algo.parameters(), trainer.grad_clip or math.inf)
-            if not (math.isfinite(meta_loss) and math.isfinite(gradient_norm)):
+            episodes, seeds = meta_batch_episodes(sampler, step, trainer.meta_batch_size, device, ranks)
+            measured = meta_step(algo, optimizer, episodes, seeds, trainer.meta_batch_size, trainer.grad_clip, ranks)
+            meta_loss = measured.meta_loss
+            if not measured.finite:
                 raise MetaNLPError(
-                    f"meta-loss became {meta_loss} (gradient norm {gradient_norm:.3g}) at step {step + 1}; lower "
-                    f"trainer.outer_lr or algo.inner_train.lr{REGRESSION_HINT if regression else ''} "
+                    f"meta-loss became {meta_loss} (gradient norm {measured.gradient_norm:.3g}) at step {step + 1}; "
+                    f"lower optim.lr or algo.inner_train.lr{REGRESSION_HINT if regression else ''} "
                     f"(last good checkpoint: {checkpoint_dir / 'last.pt'})"
                 )
-            optimizer.step()
             train_seconds += time.perf_counter() - started
 
             if ranks.is_main and (step + 1) % trainer.log_interval == 0:
@@ -242,7 +227,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
 
     # Test: the best checkpoint by validation score, on the protocol's fixed test episodes.
     algo.load_state_dict(load_checkpoint(checkpoint_dir / "best.pt")["model"])
-    results = protocol.run(algo, splits["test"], device, trainer.progress)
+    results = protocol.score(algo, splits["test"], device, trainer.progress)
     results.update(
         dataset=choices.get("dataset"),
         algo=choices.get("algo"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -19,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from metanlp_cli.metrics import mean_confidence_interval
+from metanlp_cli import stats
+from metanlp_cli.stats import mean_confidence_interval
 from reproduce.plan import BENCHMARKS, METHODS, SIZES, Benchmark, Method, Setting
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,14 +83,14 @@ def score_run(
     if "accuracy" in results:  # episodic: per-episode accuracies, paired across methods
         record["score"] = results["accuracy"]
         record["paired_units"] = results["episode_accuracies"]
-        record["cells"] = {setting.name: percent(results["accuracy"])}
+        record["cells"] = {setting.name: stats.format_score(results["accuracy"])}
     else:  # task protocols (arsc, kshot, glue_lowres): each task's main score, paired across methods by task
         tasks = results["tasks"]
         record["tasks"] = {name: task["score"] for name, task in tasks.items()}
         record["paired_units"] = [tasks[name]["score"]["mean"] for name in sorted(tasks)]
         record["score"] = mean_confidence_interval(record["paired_units"])
         if benchmark.name == "arsc":  # one column: the mean over the 12 targets
-            record["cells"] = {setting.name: percent(record["score"])}
+            record["cells"] = {setting.name: stats.format_score(record["score"])}
         else:  # a GLUE-style table: a column per task, then the average
             record["cells"] = {name: task_cell(task) for name, task in tasks.items()}
             record["cells"]["average"] = f"{100 * results['average']:.2f}"
@@ -122,17 +122,8 @@ def published_counterpart(record: dict, column: str) -> float | None:
 
 
 def paired_difference(record: dict, baseline: dict) -> dict:
-    differences = [a - b for a, b in zip(record["paired_units"], baseline["paired_units"], strict=True)]
-    return mean_confidence_interval(differences)
-
-
-def percent(score: dict) -> str:
-    ci = score.get("ci95", 0.0)
-    return f"{100 * score['mean']:.2f} +/- {100 * ci:.2f}" if math.isfinite(ci) else f"{100 * score['mean']:.2f}"
-
-
-def signed(score: dict) -> str:
-    return f"{100 * score['mean']:+.2f} +/- {100 * score['ci95']:.2f}"
+    """The paired difference over the units both were scored on (test episodes, seeds or tasks)."""
+    return stats.paired_difference(record["paired_units"], baseline["paired_units"])
 
 
 def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
@@ -180,9 +171,8 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
                 if difference["mean"] - difference["ci95"] > 0
                 else ("is below" if difference["mean"] + difference["ci95"] < 0 else "is not distinguishable from")
             )
-            lines.append(
-                f"- {setting}, {key} - {baseline_key}: {signed(difference)} points: {key} {verdict} the baseline"
-            )
+            shown = stats.format_score(difference, signed=True)
+            lines.append(f"- {setting}, {key} - {baseline_key}: {shown} points: {key} {verdict} the baseline")
     if benchmark.published:
         lines += ["", "Against the published numbers:", ""]
     for published in benchmark.published:

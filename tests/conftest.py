@@ -12,8 +12,9 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from metanlp_cli import CONFIG_DIR
+from metanlp_cli.algorithms.meta_step import meta_batch_episodes, meta_step
 from metanlp_cli.data.types import EncodedSplit
-from metanlp_cli.sampling import EpisodeSampler, episode_seed
+from metanlp_cli.sampling import EpisodeSampler
 
 KEYWORDS = 24  # token ids 3..26 are keywords, 27..66 noise
 
@@ -67,16 +68,11 @@ class TinyEncoder(nn.Module):
 
 
 def meta_train(algo, sampler: EpisodeSampler, steps: int, lr: float = 3e-3, meta_batch_size: int = 2) -> None:
-    """The recipe's inner block, for tests that train an algorithm directly."""
+    """Meta-train an algorithm directly with the train recipe's own step (Adam, no clipping, one process)."""
     optimizer = torch.optim.Adam(algo.parameters(), lr=lr)
     for step in range(steps):
-        algo.train()
-        optimizer.zero_grad()
-        indices = range(step * meta_batch_size, (step + 1) * meta_batch_size)
-        seeds = [episode_seed(sampler.seed, index) for index in indices]
-        for loss in algo.meta_batch_losses([sampler.episode(index) for index in indices], seeds):
-            (loss / meta_batch_size).backward()
-        optimizer.step()
+        episodes, seeds = meta_batch_episodes(sampler, step, meta_batch_size, torch.device("cpu"))
+        meta_step(algo, optimizer, episodes, seeds, meta_batch_size)
 
 
 @pytest.fixture

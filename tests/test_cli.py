@@ -20,7 +20,7 @@ def metanlp(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
 @pytest.mark.smoke
 def test_train_then_eval_reproduces_the_results_exactly(tmp_path):
     run_dir, eval_dir = tmp_path / "run", tmp_path / "eval"
-    trained = metanlp("train", "trainer=smoke", "algo=maml", f"hydra.run.dir={run_dir}")
+    trained = metanlp("train", "debug=smoke", "algo=maml", f"hydra.run.dir={run_dir}")
     assert trained.returncode == 0, trained.stderr
     assert "test accuracy" in trained.stdout
     for name in (
@@ -70,18 +70,18 @@ def test_help_lists_commands_and_config_groups():
 
 BAD_INPUTS = [
     (["train", "algo=magic"], "algo='magic' is not a known choice; allowed: anil, finetune, fomaml, maml"),
-    (["train", "trainer=smoke", "trainer.steps=abc"], "trainer.steps"),
+    (["train", "debug=smoke", "trainer.steps=abc"], "trainer.steps"),
     (["train", "trainer.stepz=3"], "trainer.stepz is not a known key; allowed: steps, meta_batch_size"),
-    (["train", "trainer=smoke", "algo=maml", "algo.inner_train.lr=fast"], "algo.inner_train.lr='fast' has the wrong"),
-    (["train", "trainer=smoke", "algo=maml", "algo.inner_params=top_9"], "algo.inner_params='top_9' but the backbone"),
-    (["train", "trainer=smoke", "algo=metasgd", "algo.inner_train.lr=0.1"], "inner_train.lr=0.1 must be null"),
-    (["train", "trainer=smoke", "sampler.k_shot=30"], "k_shot + q_query = 45"),
-    (["train", "trainer=smoke", "sampler.n_way=12"], "sampler.n_way=12 but the train split has only 9 classes"),
+    (["train", "debug=smoke", "algo=maml", "algo.inner_train.lr=fast"], "algo.inner_train.lr='fast' has the wrong"),
+    (["train", "debug=smoke", "algo=maml", "algo.inner_params=top_9"], "algo.inner_params='top_9' but the backbone"),
+    (["train", "debug=smoke", "algo=metasgd", "algo.inner_train.lr=0.1"], "inner_train.lr=0.1 must be null"),
+    (["train", "debug=smoke", "sampler.k_shot=30"], "k_shot + q_query = 45"),
+    (["train", "debug=smoke", "sampler.n_way=12"], "sampler.n_way=12 but the train split has only 9 classes"),
     (["eval", "checkpoint=/does/not/exist.pt"], "checkpoint='/does/not/exist.pt': file not found"),
     (["evaluate"], "unknown command 'evaluate'; allowed: train, eval, data, report"),
     (["train", "backbone=pretrained"], "backbone.name_or_path is required: add backbone.name_or_path=..."),
     (
-        ["train", "trainer=smoke", "backbone=pretrained", "backbone.name_or_path=/no/such/model"],
+        ["train", "debug=smoke", "backbone=pretrained", "backbone.name_or_path=/no/such/model"],
         "backbone.tokenizer.name_or_path='/no/such/model': no model directory at /no/such/model",
     ),
 ]
@@ -110,7 +110,7 @@ BACKBONES = {
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("algo", ALGOS)
 def test_every_algorithm_runs_with_every_backbone(algo, backbone, compose_config, tmp_path):
-    cfg = compose_config("train", [f"algo={algo}", f"backbone={backbone}", "trainer=smoke", *BACKBONES[backbone]])
+    cfg = compose_config("train", [f"algo={algo}", f"backbone={backbone}", "debug=smoke", *BACKBONES[backbone]])
     best_val = train.run(cfg, tmp_path, {"algo": algo, "backbone": backbone, "dataset": "chatterbot"})
     results = json.loads((tmp_path / "results.json").read_text())
     assert 0.0 <= best_val <= 1.0 and results["episodes"] == 10

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 
@@ -39,8 +40,31 @@ def test_every_yaml_key_is_a_parameter_of_its_target(path: Path):
 
 
 def test_trainer_presets_match_the_schema(compose_config):
-    for preset in ("default", "smoke"):
-        validate(compose_config("train", [f"trainer={preset}"]).trainer, TrainerConfig, "trainer")
+    for overrides in (["trainer=default"], ["debug=smoke"]):
+        validate(compose_config("train", overrides).trainer, TrainerConfig, "trainer")
+
+
+def test_debug_smoke_changes_only_what_it_lists(compose_config):
+    default, smoke = compose_config("train"), compose_config("train", ["debug=smoke"])
+    assert smoke.trainer.steps == 4 and smoke.protocol.episodes == 10 and smoke.trainer.device == "cpu"
+    assert smoke.trainer.seed == default.trainer.seed and smoke.trainer.grad_clip == default.trainer.grad_clip
+    assert smoke.optim == default.optim and smoke.protocol.k_shot == default.protocol.k_shot
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optim_configs_build_their_torch_optimizer(name, compose_config):
+    cfg = compose_config("train", [f"optim={name}", "optim.lr=0.5"])
+    optimizer = build(cfg.optim, "optim", params=[torch.nn.Parameter(torch.zeros(2))])
+    assert type(optimizer).__name__.lower() == name and optimizer.param_groups[0]["lr"] == 0.5
+
+
+def test_an_old_checkpoint_config_gets_the_optim_group():
+    from metanlp_cli.checkpoint import upgrade_config
+
+    old = {"trainer": {"steps": 3, "outer_optimizer": "sgd", "outer_lr": 0.2, "weight_decay": 0.1}}
+    new = upgrade_config(old)
+    assert new["trainer"] == {"steps": 3}
+    assert new["optim"] == {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.2, "weight_decay": 0.1}
 
 
 def test_unknown_key_and_wrong_type_name_the_key():

@@ -168,8 +168,8 @@ def metanlp(*arguments: str, cwd=None, **environment: str) -> subprocess.Complet
 
 
 DATA_ERRORS = [
-    (["train", "dataset=banking77", "trainer=smoke"], "error: paths.data_root is not set; set METANLP_DATA_ROOT="),
-    (["train", "dataset=files", "trainer=smoke"], "error: dataset.train_file is not set; give dataset.train_file=PATH"),
+    (["train", "dataset=banking77", "debug=smoke"], "error: paths.data_root is not set; set METANLP_DATA_ROOT="),
+    (["train", "dataset=files", "debug=smoke"], "error: dataset.train_file is not set; give dataset.train_file=PATH"),
     (["data", "summarize", "dataset=files"], "error: metanlp data: unknown action 'summarize'; allowed: describe"),
     (["data", "describe", "dataset=glue/nope"], "error: dataset='glue/nope' is not a known choice; allowed: arsc,"),
 ]

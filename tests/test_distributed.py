@@ -17,7 +17,8 @@ from metanlp_cli.algorithms.base import LabelSpace
 from metanlp_cli.algorithms.inner_loop import InnerLoop
 from metanlp_cli.algorithms.maml import MAML
 from metanlp_cli.backbones.cnn import WordCNN
-from metanlp_cli.distributed import Ranks, launch_arguments, start
+from metanlp_cli.cli import launch_arguments
+from metanlp_cli.distributed import Ranks, start
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.sampling import EpisodeSampler, episode_seed
 from tests.conftest import VOCAB_SIZE, keyword_split
@@ -111,7 +112,7 @@ def test_launch_problems_are_one_line(monkeypatch):
 
 @pytest.mark.smoke
 def test_torchrun_with_two_processes_ends_with_the_single_process_results(tmp_path):
-    overrides = ["trainer=smoke", "backbone=lstm", "trainer.steps=4", "trainer.meta_batch_size=4"]
+    overrides = ["debug=smoke", "backbone=lstm", "trainer.steps=4", "trainer.meta_batch_size=4"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     two = subprocess.run(
         [

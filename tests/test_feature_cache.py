@@ -8,7 +8,7 @@ import logging
 import torch
 from torch import nn
 
-from metanlp_cli.components import cache_frozen_features
+from metanlp_cli.data.cache import cache_frozen_features
 from metanlp_cli.data.types import EncodedSplit
 
 
@@ -38,7 +38,7 @@ def test_a_second_run_reads_the_features_back_and_any_change_encodes_again(tmp_p
     assert torch.equal(features["train"].inputs, torch.tensor([[1.0, 2, 0], [3, 4, 5]]))
 
     warm = CountingFrozenEncoder()
-    with caplog.at_level(logging.INFO, logger="metanlp_cli.components"):
+    with caplog.at_level(logging.INFO, logger="metanlp_cli.data.cache"):
         again, _ = cache_frozen_features(warm, splits(), progress=False, cache_dir=str(tmp_path))
     assert warm.calls == 0 and "features from cache: 2 of 2 splits" in caplog.text
     assert all(torch.equal(again[name].inputs, features[name].inputs) for name in features)

@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from metanlp_cli.algorithms.base import Algorithm
-from metanlp_cli.components import kshot_tasks
 from metanlp_cli.config import build, check_arguments
 from metanlp_cli.data.types import LabeledTexts, Task, TaskCollection
 from metanlp_cli.errors import MetaNLPError
@@ -170,8 +169,8 @@ def fixture_collection() -> TaskCollection:
 
 def run_glue_lowres(protocol, tmp_path):
     collection = fixture_collection()
-    tasks = kshot_tasks(WordTokenizerAdapter(), collection, "test", nn.Identity(), torch.device("cpu"), protocol)
-    return tasks, protocol.run(FirstTokenAlgorithm(), nn.Identity(), tasks, torch.device("cpu"), progress=False)
+    prepared = protocol.prepare(WordTokenizerAdapter(), collection, "test", nn.Identity(), torch.device("cpu"))
+    return prepared.tasks, protocol.score(FirstTokenAlgorithm(), prepared, torch.device("cpu"), progress=False)
 
 
 class WordTokenizerAdapter:
@@ -216,11 +215,11 @@ def test_kshot_errors_name_the_protocol_in_use():
     with pytest.raises(
         MetaNLPError, match="task a of fixture needs a train split and a dev split for protocol=glue_lowres"
     ):
-        kshot_tasks(WordTokenizerAdapter(), collection, "test", nn.Identity(), "cpu", GlueLowResourceProtocol())
+        GlueLowResourceProtocol().prepare(WordTokenizerAdapter(), collection, "test", nn.Identity(), "cpu")
     with pytest.raises(MetaNLPError, match=r"split='val' with protocol=glue_lowres; allowed: test"):
-        kshot_tasks(WordTokenizerAdapter(), collection, "val", nn.Identity(), "cpu", GlueLowResourceProtocol())
+        GlueLowResourceProtocol().prepare(WordTokenizerAdapter(), collection, "val", nn.Identity(), "cpu")
     with pytest.raises(MetaNLPError, match="for protocol=arsc"):
-        kshot_tasks(WordTokenizerAdapter(), collection, "test", nn.Identity(), "cpu", ArscProtocol())
+        ArscProtocol().prepare(WordTokenizerAdapter(), collection, "test", nn.Identity(), "cpu")
 
 
 def test_fold_results_are_the_mean_of_the_folds_by_hand():
@@ -274,7 +273,7 @@ def test_folds_train_one_run_per_fold_and_average_them(tmp_path):
     run_dir = tmp_path / "run"
     result = metanlp(
         "train",
-        "trainer=smoke",
+        "debug=smoke",
         "dataset=banking77",
         *SMALL_EPISODES,
         "protocol.folds=[1,2]",
@@ -305,7 +304,7 @@ def test_evaluations_run_after_training_into_the_run_directory(tmp_path, compose
     run_dir = tmp_path / "run"
     result = metanlp(
         "train",
-        "trainer=smoke",
+        "debug=smoke",
         "evaluations=[['protocol=kshot','dataset=lmbff/sst2','dataset.k=4','dataset.seeds=[13,21]'],"
         "['protocol=glue_lowres','dataset=glue/lowres']]",
         f"paths.data_root={tmp_path}",
@@ -349,7 +348,7 @@ BAD_EVALUATIONS = [
 @pytest.mark.smoke
 @pytest.mark.parametrize("override,message", BAD_EVALUATIONS, ids=[o for o, _ in BAD_EVALUATIONS])
 def test_bad_evaluations_and_folds_stop_before_training_in_one_line(override, message, tmp_path):
-    result = metanlp("train", "trainer=smoke", override, f"hydra.run.dir={tmp_path}")
+    result = metanlp("train", "debug=smoke", override, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2, (result.stdout, result.stderr)
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], result.stderr

@@ -105,7 +105,7 @@ def test_open_loggers_builds_the_configured_ones_and_none_for_other_ranks(tmp_pa
 
 def train(tmp_path, *overrides):
     run_dir = tmp_path / "run"
-    result = metanlp("train", "trainer=smoke", *overrides, f"paths.output_root={tmp_path}", f"hydra.run.dir={run_dir}")
+    result = metanlp("train", "debug=smoke", *overrides, f"paths.output_root={tmp_path}", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -162,7 +162,7 @@ def test_a_sweep_is_one_mlflow_experiment_with_a_run_per_job(tmp_path):
 
     sweep = tmp_path / "sweep"
     result = metanlp(
-        "train", "-m", "trainer=smoke", "logger=mlflow", "algo=protonet,reptile",
+        "train", "-m", "debug=smoke", "logger=mlflow", "algo=protonet,reptile",
         f"paths.output_root={tmp_path}", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from metanlp_cli.metrics import accuracy, mean_confidence_interval, task_scores
+from metanlp_cli.metrics import accuracy, task_scores
+from metanlp_cli.stats import mean_confidence_interval
 
 
 def test_accuracy_of_logits():
@@ -48,3 +49,21 @@ def test_confidence_interval_formula():
     assert result["ci95"] == pytest.approx(1.959963984540054 * std / 2)
     assert result["count"] == 4
     assert math.isnan(mean_confidence_interval([0.5])["ci95"])
+
+
+def test_the_paired_difference_is_a_paired_t_test_and_seeds_use_student_t():
+    from scipy import stats as scipy_stats
+
+    from metanlp_cli.stats import format_score, paired_difference, seed_confidence_interval
+
+    a, b = [0.61, 0.72, 0.55, 0.83, 0.7], [0.6, 0.65, 0.57, 0.74, 0.66]
+    expected = scipy_stats.ttest_rel(a, b).confidence_interval(0.95)
+    difference = paired_difference(a, b)
+    assert (difference["low"], difference["high"]) == pytest.approx((expected.low, expected.high))
+    seeds = seed_confidence_interval([0.5, 0.7, 0.6])
+    assert seeds["ci95"] == pytest.approx(scipy_stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3))
+    assert format_score({"mean": 0.725, "ci95": 0.012}) == "72.50 +/- 1.20"
+    assert format_score({"mean": 0.075, "ci95": 0.049}, signed=True) == "+7.50 +/- 4.90"
+    assert format_score({"mean": 0.5, "ci95": math.nan}) == "50.00"
+    with pytest.raises(ValueError, match="same units"):
+        paired_difference([1.0], [1.0, 2.0])

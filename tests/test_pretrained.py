@@ -20,7 +20,7 @@ from metanlp_cli.algorithms.inner_loop import InnerLoop
 from metanlp_cli.algorithms.maml import MAML
 from metanlp_cli.algorithms.protonet import ProtoNet
 from metanlp_cli.backbones.pretrained import PretrainedEncoder, PretrainedTokenizer, unpack
-from metanlp_cli.components import cache_frozen_features
+from metanlp_cli.data.cache import cache_frozen_features
 from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.protocols import episode_scores
@@ -298,7 +298,7 @@ def test_missing_model_or_tokenizer_names_what_was_looked_for(tmp_path, tiny_ber
 
 def test_train_recipe_with_a_frozen_encoder_has_nothing_to_train_and_still_scores(tiny_bert, compose_config, tmp_path):
     """ProtoNet over a frozen encoder: no meta-training, one validation, a checkpoint, test results."""
-    cfg = compose_config("train", ["backbone=pretrained", f"backbone.name_or_path={tiny_bert}", "trainer=smoke"])
+    cfg = compose_config("train", ["backbone=pretrained", f"backbone.name_or_path={tiny_bert}", "debug=smoke"])
     best_val = train.run(cfg, tmp_path, {"algo": "protonet", "backbone": "pretrained", "dataset": "chatterbot"})
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["episodes"] == 10 and 0.0 <= best_val <= 1.0
@@ -308,14 +308,14 @@ def test_train_recipe_with_a_frozen_encoder_has_nothing_to_train_and_still_score
 
 def test_train_recipe_meta_trains_the_top_layer_and_eval_reproduces_it(tiny_bert, compose_config, tmp_path):
     overrides = ["backbone=pretrained", f"backbone.name_or_path={tiny_bert}", "backbone.encoder.trainable_layers=1"]
-    cfg = compose_config("train", [*overrides, "algo=maml", "algo.inner_train.steps=1", "trainer=smoke"])
+    cfg = compose_config("train", [*overrides, "algo=maml", "algo.inner_train.steps=1", "debug=smoke"])
     (tmp_path / "train").mkdir()
     train.run(cfg, tmp_path / "train", {"algo": "maml", "backbone": "pretrained", "dataset": "chatterbot"})
     trained = json.loads((tmp_path / "train" / "results.json").read_text())
     assert trained["episodes"] == 10
 
     checkpoint = f"checkpoint={tmp_path / 'train' / 'checkpoints' / 'best.pt'}"
-    evaluate.run(compose_config("eval", [checkpoint, "trainer=smoke"]), tmp_path, [checkpoint])
+    evaluate.run(compose_config("eval", [checkpoint, "debug=smoke"]), tmp_path, [checkpoint])
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["episode_accuracies"] == trained["episode_accuracies"]
 
@@ -411,7 +411,7 @@ def test_train_recipe_with_batched_episodes_follows_the_per_episode_run(tiny_ber
         run_dir.mkdir()
         cfg = compose_config(
             "train",
-            [*overrides, "backbone.encoder.dropout=0.0", f"algo.batch_episodes={batch_episodes}", "trainer=smoke"],
+            [*overrides, "backbone.encoder.dropout=0.0", f"algo.batch_episodes={batch_episodes}", "debug=smoke"],
         )
         train.run(cfg, run_dir, {"algo": "protonet", "backbone": "pretrained", "dataset": "chatterbot"})
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -432,12 +432,12 @@ def test_feature_fingerprint_follows_the_frozen_weights_and_settings(tiny_bert):
 
 
 def test_train_recipe_reads_frozen_features_from_the_cache_on_a_second_run(tiny_bert, compose_config, tmp_path, caplog):
-    overrides = ["backbone=pretrained", f"backbone.name_or_path={tiny_bert}", "trainer=smoke"]
+    overrides = ["backbone=pretrained", f"backbone.name_or_path={tiny_bert}", "debug=smoke"]
     cfg = compose_config("train", [*overrides, f"paths.cache_dir={tmp_path / 'cache'}"])
     results = []
     for run in ("first", "second"):
         (tmp_path / run).mkdir()
-        with caplog.at_level(logging.INFO, logger="metanlp_cli.components"):
+        with caplog.at_level(logging.INFO, logger="metanlp_cli.data.cache"):
             caplog.clear()
             train.run(cfg, tmp_path / run, {"algo": "protonet", "backbone": "pretrained", "dataset": "chatterbot"})
         results.append(json.loads((tmp_path / run / "results.json").read_text())["episode_accuracies"])

@@ -15,7 +15,7 @@ from metanlp_cli.algorithms.base import Algorithm
 from metanlp_cli.algorithms.finetune import fit_linear_probe
 from metanlp_cli.algorithms.inner_loop import InnerLoop
 from metanlp_cli.config import build
-from metanlp_cli.protocols import ArscProtocol, KShotProtocol, KShotTask
+from metanlp_cli.protocols import ArscProtocol, KShotProtocol, KShotTask, KShotTasks
 from metanlp_cli.sampling import Batch
 from tests.conftest import keyword_split
 from tests.test_cli import metanlp
@@ -44,7 +44,7 @@ def test_kshot_scores_each_training_set_and_averages_them_by_hand():
         for name, flip in (("mrpc-seed1", 0), ("mrpc-seed2", 1))
     ]
     protocol = KShotProtocol(batch_size=2)
-    results = protocol.run(FlipAlgorithm(), nn.Identity(), tasks, torch.device("cpu"), progress=False)
+    results = protocol.score(FlipAlgorithm(), KShotTasks(tasks, nn.Identity()), torch.device("cpu"), progress=False)
     group = results["tasks"]["mrpc"]
     # seed1 predicts [1,0,0,1,1]: 3 of 5 right, TP 2 FP 1 FN 1 -> F1 4/6; seed2 predicts [0,1,1,0,0]: 2 of 5,
     # TP 1 FP 1 FN 2 -> F1 2/5
@@ -56,7 +56,9 @@ def test_kshot_scores_each_training_set_and_averages_them_by_hand():
     assert results["average"] == pytest.approx((4 / 6 + 0.4) / 2)  # the first metric, F1, as LM-BFF reports MRPC
     assert group["score_metric"] == "f1"
     assert group["k_shot"] == [1] and group["support_examples"] == [1] and group["evaluation_examples"] == 5
-    combined = KShotProtocol(batch_size=2, score="combined").run(FlipAlgorithm(), nn.Identity(), tasks, "cpu", False)
+    combined = KShotProtocol(batch_size=2, score="combined").score(
+        FlipAlgorithm(), KShotTasks(tasks, nn.Identity()), "cpu", False
+    )
     assert combined["average"] == pytest.approx((19 / 30 + 0.4) / 2)  # GLUE's combined score: mean of F1 and acc
 
 
@@ -91,12 +93,16 @@ def test_kshot_scores_a_regression_task_with_its_correlations():
         ["pearson", "spearman"],
         regression=True,
     )
-    results = KShotProtocol().run(FlipAlgorithm(), nn.Identity(), [task], torch.device("cpu"), progress=False)
+    results = KShotProtocol().score(
+        FlipAlgorithm(), KShotTasks([task], nn.Identity()), torch.device("cpu"), progress=False
+    )
     group = results["tasks"]["stsb"]
     assert group["scores"]["pearson"]["mean"] > 0.95 and group["scores"]["spearman"]["mean"] > 0.9
     assert group["support_examples"] == [32] and results["average"] == group["scores"]["pearson"]["mean"]
     with_mean_only = KShotProtocol(regression_head=InnerLoop(steps=0, lr=0.01))
-    constant = with_mean_only.run(FlipAlgorithm(), nn.Identity(), [task], torch.device("cpu"), progress=False)
+    constant = with_mean_only.score(
+        FlipAlgorithm(), KShotTasks([task], nn.Identity()), torch.device("cpu"), progress=False
+    )
     assert constant["tasks"]["stsb"]["scores"]["pearson"]["mean"] == 0.0  # a constant prediction: no crash
 
 
@@ -120,7 +126,7 @@ def write_lmbff(root, k: int, seeds: list[int]) -> None:
 def test_eval_runs_the_kshot_protocol_on_a_checkpoint(tmp_path):
     write_lmbff(tmp_path, k=4, seeds=[13, 21])
     run_dir = tmp_path / "run"
-    trained = metanlp("train", "trainer=smoke", "algo=protonet", f"hydra.run.dir={run_dir}")
+    trained = metanlp("train", "debug=smoke", "algo=protonet", f"hydra.run.dir={run_dir}")
     assert trained.returncode == 0, trained.stderr
     evaluated = metanlp(
         "eval",
@@ -157,7 +163,9 @@ def test_arsc_scores_each_target_task_and_the_mean_over_them_by_hand():
             ("books.t4", 1, inputs[:3], labels[:3]),  # flipped: predictions 0, 1, 1 vs 1, 1, 0 -> 1/3
         ]
     ]
-    results = ArscProtocol(batch_size=2).run(FlipAlgorithm(), nn.Identity(), tasks, torch.device("cpu"), False)
+    results = ArscProtocol(batch_size=2).score(
+        FlipAlgorithm(), KShotTasks(tasks, nn.Identity()), torch.device("cpu"), False
+    )
     assert results["protocol"] == "arsc"
     assert results["tasks"]["books.t2"]["score"]["mean"] == pytest.approx(0.5)
     assert results["tasks"]["books.t4"]["score"]["mean"] == pytest.approx(1 / 3)
@@ -183,7 +191,7 @@ def write_arsc(root) -> None:
 def test_eval_runs_the_arsc_protocol_on_a_checkpoint(tmp_path):
     write_arsc(tmp_path)
     run_dir = tmp_path / "run"
-    trained = metanlp("train", "trainer=smoke", "algo=protonet", f"hydra.run.dir={run_dir}")
+    trained = metanlp("train", "debug=smoke", "algo=protonet", f"hydra.run.dir={run_dir}")
     assert trained.returncode == 0, trained.stderr
     evaluated = metanlp(
         "eval",
@@ -266,7 +274,7 @@ def test_protonet_episodes_on_features_encoded_once_score_as_episodes_encoded_ea
     once = episode_scores(view, protocol.episodes(features), torch.device("cpu"), progress=False)
     assert encoder.rows == len(labels)
     assert np.allclose(once, per_episode)
-    assert protocol.run(algo, split, torch.device("cpu"), progress=False)["episode_accuracies"] == pytest.approx(once)
+    assert protocol.score(algo, split, torch.device("cpu"), progress=False)["episode_accuracies"] == pytest.approx(once)
     # Token ids are left to the per-episode path (padding-width dependent encoders).
     token_split = EncodedSplit.from_tensors("test", torch.ones(len(labels), 4, dtype=torch.long), labels, list("abcd"))
     assert fixed_encoder_view(algo, token_split, progress=False) == (algo, token_split)
@@ -287,11 +295,11 @@ def test_kshot_with_protonet_encodes_shared_evaluation_rows_once_and_scores_the_
     encoder = CountingEncoder(6)
     algo = ProtoNet(encoder, LabelSpace(2, 2))
     protocol = KShotProtocol(batch_size=16)
-    once = protocol.run(algo, encoder, tasks, torch.device("cpu"), progress=False)
+    once = protocol.score(algo, KShotTasks(tasks, encoder), torch.device("cpu"), progress=False)
     assert encoder.rows == 40 + 3 * 4  # the shared evaluation split once, each support set once
     encoder.rows = 0
     monkeypatch.setattr(ProtoNet, "with_fixed_encoder", lambda self: None)
-    each_time = protocol.run(algo, encoder, tasks, torch.device("cpu"), progress=False)
+    each_time = protocol.score(algo, KShotTasks(tasks, encoder), torch.device("cpu"), progress=False)
     assert encoder.rows == 3 * (40 + 4)
     scores = [
         run["tasks"]["t"]["training_sets"][f"t-seed{seed}"]["accuracy"]

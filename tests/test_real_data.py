@@ -8,8 +8,8 @@ import json
 import pytest
 
 from metanlp_cli import train
-from metanlp_cli.cli import config_groups
 from metanlp_cli.components import load_dataset
+from metanlp_cli.compose import config_groups
 from metanlp_cli.data.types import ClassSplit, TaskCollection
 from tests.conftest import data_root
 from tests.test_cli import metanlp
@@ -108,7 +108,7 @@ SMOKE_DATASETS = ["banking77", "fewrel", "glue/mrpc", "lmbff/trec", "leopard/con
 
 @pytest.mark.parametrize("name", SMOKE_DATASETS)
 def test_smoke_train_on_real_data(name, compose_config, tmp_path):
-    cfg = compose_config("train", [f"dataset={name}", "trainer=smoke", f"paths.cache_dir={tmp_path / 'cache'}"])
+    cfg = compose_config("train", [f"dataset={name}", "debug=smoke", f"paths.cache_dir={tmp_path / 'cache'}"])
     best_val = train.run(cfg, tmp_path, {"dataset": name, "algo": "protonet", "backbone": "cnn"})
     results = json.loads((tmp_path / "results.json").read_text())
     assert 0 <= best_val <= 1 and len(results["episode_accuracies"]) == 10
@@ -128,7 +128,7 @@ def test_smoke_train_on_real_data(name, compose_config, tmp_path):
 )
 def test_stsb_meta_trains_from_the_cli_and_eval_reproduces_it(dataset, algo, overrides, tmp_path):
     run_dir = tmp_path / "run"
-    arguments = [f"dataset={dataset}", f"algo={algo}", "trainer=smoke", *overrides, f"paths.cache_dir={tmp_path}"]
+    arguments = [f"dataset={dataset}", f"algo={algo}", "debug=smoke", *overrides, f"paths.cache_dir={tmp_path}"]
     trained = metanlp("train", *arguments, f"hydra.run.dir={run_dir}")
     assert trained.returncode == 0, trained.stderr
     assert "test pearson" in trained.stdout and "regression episodes" in trained.stdout

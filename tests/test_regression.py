@@ -272,7 +272,7 @@ def stsb_like_root(tmp_path_factory):
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_every_algorithm_trains_and_tests_on_a_regression_task(algo, stsb_like_root, compose_config, tmp_path):
-    overrides = [f"algo={algo}", "dataset=glue/stsb", f"paths.data_root={stsb_like_root}", "trainer=smoke"]
+    overrides = [f"algo={algo}", "dataset=glue/stsb", f"paths.data_root={stsb_like_root}", "debug=smoke"]
     cfg = compose_config("train", [*overrides, "paths.cache_dir=null", *SMALL_CNN, *SMALLER_RATES.get(algo, [])])
     best_val = train.run(cfg, tmp_path, {"algo": algo, "backbone": "cnn", "dataset": "glue/stsb"})
     results = json.loads((tmp_path / "results.json").read_text())

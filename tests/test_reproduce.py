@@ -56,16 +56,17 @@ def record(method: str, setting: str, units: list[float]) -> dict:
 
 def test_the_report_pairs_episodes_and_says_which_side_of_the_published_number_we_are():
     frozen = record("frozen", "1-shot", [0.5, 0.6, 0.7, 0.8])
-    trained = record("protonet", "1-shot", [0.6, 0.6, 0.8, 0.9])  # +0.1, 0, +0.1, +0.1
+    trained = record("protonet", "1-shot", [0.6, 0.65, 0.8, 0.9])  # +0.1, +0.05, +0.1, +0.1
     difference = paired_difference(trained, frozen)
-    assert difference["mean"] == pytest.approx(0.075)
-    assert difference["ci95"] == pytest.approx(1.96 * 0.05 / 2, rel=1e-3)  # sample std of the differences / sqrt(4)
+    assert difference["mean"] == pytest.approx(0.0875)
+    # Student t (3 degrees of freedom) * the sample std of the differences / sqrt(4)
+    assert difference["ci95"] == pytest.approx(3.182446 * 0.025 / 2, rel=1e-5)
 
     benchmark = next(b for b in BENCHMARKS if b.name == "huffpost_bao2020")  # published 43.0 (1-shot)
     text = "\n".join(benchmark_section(benchmark, [frozen, trained]))
     assert "| metanlp: " + METHODS["frozen"].description + " | 65.00 | not run |" in text
-    assert "- 1-shot, protonet - frozen: +7.50 +/- 4.90 points: protonet beats the baseline" in text
-    assert "ours 72.50 (protonet) vs DS-FSL (Bao et al.) 43.00: ours is higher by 29.50" in text
+    assert "- 1-shot, protonet - frozen: +8.75 +/- 3.98 points: protonet beats the baseline" in text
+    assert "ours 73.75 (protonet) vs DS-FSL (Bao et al.) 43.00: ours is higher by 30.75" in text
     assert "- 5-shot, DS-FSL (Bao et al.) 63.50: not run" in text
 
     worse = record("protonet", "1-shot", [0.4, 0.5, 0.6, 0.7])

@@ -20,7 +20,7 @@ from tests.test_cli import metanlp
 
 CHOICES = {"algo": "reptile", "backbone": "cnn", "dataset": "chatterbot"}
 # Reptile on the CNN (dropout 0.1), 6 steps of 2 episodes, validation at steps 2, 4, 6.
-OVERRIDES = ["trainer=smoke", "algo=reptile", "backbone=cnn", "trainer.steps=6"]
+OVERRIDES = ["debug=smoke", "algo=reptile", "backbone=cnn", "trainer.steps=6"]
 
 
 def results_without_paths(run_dir) -> dict:
@@ -84,7 +84,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_results(
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(compose_config, tmp_path, monkeypatch):
-    overrides = ["trainer=smoke", "algo=protonet"]
+    overrides = ["debug=smoke", "algo=protonet"]
     reference = tmp_path / "reference"
     reference.mkdir()
     train.run(compose_config("train", [*overrides, "trainer.steps=2"]), reference, CHOICES)
@@ -150,7 +150,7 @@ def test_resume_refuses_to_change_the_saved_config(compose_config, tmp_path):
 @pytest.mark.smoke
 def test_cli_resume_continues_in_the_run_directory(tmp_path):
     root = tmp_path / "outputs"
-    first = metanlp("train", "trainer=smoke", f"paths.output_root={root}")
+    first = metanlp("train", "debug=smoke", f"paths.output_root={root}")
     assert first.returncode == 0, first.stderr
     (run_dir,) = (root / "train").glob("*/*")
     longer = metanlp("train", "resume=true", "trainer.steps=6", f"paths.output_root={root}")

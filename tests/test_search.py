@@ -65,14 +65,14 @@ def test_spaces_parse_hydra_sweep_syntax_and_mappings():
     assert search.distribution("a", "range(1, 4)") == IntDistribution(1, 3)
     assert search.distribution("a", {"low": 1, "high": 9, "int": True}) == IntDistribution(1, 9)
     assert search.distribution("a", "3") is None  # a fixed value
-    fixed, swept = search.split_arguments(["trainer=smoke", "seed=1", "trainer.steps=choice(2, 4)"])
-    assert fixed == ["trainer=smoke", "seed=1"] and swept == {"trainer.steps": CategoricalDistribution([2, 4])}
+    fixed, swept = search.split_arguments(["debug=smoke", "seed=1", "trainer.steps=choice(2, 4)"])
+    assert fixed == ["debug=smoke", "seed=1"] and swept == {"trainer.steps": CategoricalDistribution([2, 4])}
     with pytest.raises(MetaNLPError, match="cannot sweep the config group algo"):
         search.split_arguments(["algo=maml,reptile"])
     with pytest.raises(MetaNLPError, match="no search space for algo=mine: give one with 'hydra.sweeper.params="):
         search.search_space(None, SWEEPER["spaces"], SWEEPER["families"], "mine")
-    given = search.search_space({"trainer.outer_lr": "interval(0.001, 0.1)"}, SWEEPER["spaces"], {}, "mine")
-    assert given == {"trainer.outer_lr": FloatDistribution(0.001, 0.1)}
+    given = search.search_space({"optim.lr": "interval(0.001, 0.1)"}, SWEEPER["spaces"], {}, "mine")
+    assert given == {"optim.lr": FloatDistribution(0.001, 0.1)}
 
 
 @needs_optuna
@@ -88,17 +88,17 @@ def test_each_sampler_is_the_one_named(name):
 def test_a_study_stops_at_n_trials_runs_interrupted_trials_first_and_refuses_other_overrides(tmp_path):
     storage = f"sqlite:///{tmp_path}/study.db"
     space = search.search_space(None, SWEEPER["spaces"], SWEEPER["families"], "maml")
-    study = search.open_study(settings(storage, n_trials=3, n_jobs=2), ["trainer=smoke"])
+    study = search.open_study(settings(storage, n_trials=3, n_jobs=2), ["debug=smoke"])
     first = search.next_trials(study, space, 3, 2)
     assert [number for number, _ in first] == [0, 1] and set(first[0][1]) == set(space)
     search.keep_for_later(study, storage, [1])  # the process stopped during trial 1
     study.tell(0, 0.5)
-    again = search.open_study(settings(storage, n_trials=3, n_jobs=2), ["trainer=smoke"])
+    again = search.open_study(settings(storage, n_trials=3, n_jobs=2), ["debug=smoke"])
     batch = search.next_trials(again, space, 3, 2)
     assert [number for number, _ in batch] == [1, 2] and batch[0][1] == first[1][1]  # the same parameters
     assert search.next_trials(again, space, 3, 2) == []  # 3 trials in the study: full
     assert again.user_attrs[search.SESSIONS] == 2
-    with pytest.raises(MetaNLPError, match=r"was started with the overrides \['trainer=smoke'\], not \[\]"):
+    with pytest.raises(MetaNLPError, match=r"was started with the overrides \['debug=smoke'\], not \[\]"):
         search.open_study(settings(storage), [])
 
 
@@ -112,7 +112,7 @@ def test_protonet_temperature_divides_the_similarities():
 
 
 def searched(sweep, *overrides):
-    return metanlp("train", "-m", *overrides, "trainer=smoke", f"hydra.sweep.dir={sweep}")
+    return metanlp("train", "-m", *overrides, "debug=smoke", f"hydra.sweep.dir={sweep}")
 
 
 def complete_trials(study) -> list:
@@ -140,9 +140,7 @@ def test_the_optuna_alias_is_tpe_over_maml_and_its_report_has_the_best_trial_and
     text = (out / "report.md").read_text()
     assert "## Test accuracy (%)" in text and "### Search `maml_optuna` (tpe;" in text
     assert f"**Best trial: #{study.best_trial.number}**, validation score {100 * study.best_value:.2f}%" in text
-    assert (
-        "| trial | state | validation (%) | algo.inner_train.lr | algo.inner_train.steps | trainer.outer_lr |" in text
-    )
+    assert "| trial | state | validation (%) | algo.inner_train.lr | algo.inner_train.steps | optim.lr |" in text
     for png in ("search_history_maml_optuna.png", "search_importances_maml_optuna.png"):
         assert f"]({png})" in text and (out / png).stat().st_size > 1000
 
@@ -157,14 +155,14 @@ def test_a_six_trial_search_over_protonets_space(tmp_path, sampler):
     study = study_of(sweep, f"protonet_{sampler}")
     trials = complete_trials(study)
     assert len(study.trials) == len(trials) == 6
-    assert f"{sampler} over trainer.outer_lr, algo.distance, algo.temperature" in result.stdout
+    assert f"{sampler} over optim.lr, algo.distance, algo.temperature" in result.stdout
     for trial in trials:
-        assert set(trial.params) == {"trainer.outer_lr", "algo.distance", "algo.temperature"}
+        assert set(trial.params) == {"optim.lr", "algo.distance", "algo.temperature"}
         run = next(sweep.glob(f"{trial.number}_protonet_cnn_seed0"))
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert config["algo"]["temperature"] == pytest.approx(trial.params["algo.temperature"])
         assert trial.value == pytest.approx(yaml.safe_load((run / "results.json").read_text())["best_val_accuracy"])
-    assert len({trial.params["trainer.outer_lr"] for trial in trials}) == 6
+    assert len({trial.params["optim.lr"] for trial in trials}) == 6
     if sampler == "gp":  # 4 random startup points (the same as random search's), then the GP's proposals
         import optuna
 
@@ -175,7 +173,7 @@ def test_a_six_trial_search_over_protonets_space(tmp_path, sampler):
 
 
 def start_search(sweep, n_trials: int) -> subprocess.Popen:
-    arguments = ["train", "-m", "hparams_search=random", "trainer=smoke", f"hydra.sweeper.n_trials={n_trials}"]
+    arguments = ["train", "-m", "hparams_search=random", "debug=smoke", f"hydra.sweeper.n_trials={n_trials}"]
     return subprocess.Popen(
         [sys.executable, "-m", "metanlp_cli", *arguments, f"hydra.sweep.dir={sweep}"],
         stdout=subprocess.PIPE,
@@ -204,7 +202,7 @@ def test_a_search_stopped_after_three_trials_resumes_to_six_not_nine(tmp_path):
     assert f"{before} of 6 trials so far" in resumed.stdout
     study = study_of(sweep, "protonet_random")
     assert len(study.trials) == len(complete_trials(study)) == 6
-    assert len({trial.params["trainer.outer_lr"] for trial in study.trials}) == 6  # new draws after the resume
+    assert len({trial.params["optim.lr"] for trial in study.trials}) == 6  # new draws after the resume
     assert len(list(sweep.glob("*/results.json"))) == 6
 
 

@@ -71,7 +71,7 @@ def test_eval_and_resume_of_a_crafted_checkpoint_refuse_in_one_line(tmp_path):
         return subprocess.run([sys.executable, "-m", "metanlp_cli", *arguments], capture_output=True, text=True)
 
     run = tmp_path / "run"
-    trained = metanlp("train", "trainer=smoke", "algo=maml", f"hydra.run.dir={run}")
+    trained = metanlp("train", "debug=smoke", "algo=maml", f"hydra.run.dir={run}")
     assert trained.returncode == 0, trained.stderr
     victim = tmp_path / "copied"
     for name in ("best.pt", "last.pt"):

@@ -12,9 +12,9 @@ import torch
 from metanlp_cli import train
 from metanlp_cli.components import encode_splits, no_episodes_message, training_texts
 from metanlp_cli.data.cache import TokenCache
-from metanlp_cli.data.describe import summary, to_markdown
 from metanlp_cli.data.tokenize import WordTokenizer
 from metanlp_cli.data.types import EncodedSplit, LabeledTexts, Task, TaskCollection
+from metanlp_cli.describe import summary, to_markdown
 from metanlp_cli.metrics import METRICS, REGRESSION_METRICS
 from metanlp_cli.sampling import EpisodeSampler
 from tests.test_data_formats import write
@@ -171,7 +171,7 @@ def test_describe_counts_and_percentiles():
 def test_word_percentiles_against_numpy():
     lengths = [1, 2, 3, 4, 10]
     split = LabeledTexts([" ".join(["w"] * n) for n in lengths], [0, 0, 1, 1, 1], ["a", "b"])
-    from metanlp_cli.data.describe import split_summary
+    from metanlp_cli.describe import split_summary
 
     words = split_summary(split)["words"]
     assert words == {f"p{p}": int(np.percentile(lengths, p)) for p in (5, 50, 95)} | {"max": 10}
@@ -184,7 +184,7 @@ def test_smoke_train_on_a_task_collection_from_files(compose_config, tmp_path):
         paths[part] = write(tmp_path / f"{part}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     cfg = compose_config(
         "train",
-        ["dataset=files", "dataset.split=examples", "trainer=smoke", f"paths.cache_dir={tmp_path / 'cache'}"]
+        ["dataset=files", "dataset.split=examples", "debug=smoke", f"paths.cache_dir={tmp_path / 'cache'}"]
         + [f"dataset.{part}_file={path}" for part, path in paths.items()],
     )
     best_val = train.run(cfg, tmp_path, {"dataset": "files", "algo": "protonet", "backbone": "cnn"})
@@ -222,7 +222,7 @@ def test_cli_data_describe_prints_a_class_split(tmp_path):
 
 
 def test_data_describe_as_json(compose_config, tmp_path, capsys):
-    from metanlp_cli.data import describe
+    from metanlp_cli import describe
 
     cfg = compose_config("data", ["dataset=files", f"dataset.train_file={write_colors(tmp_path)}", "format=json"])
     describe.run(cfg)

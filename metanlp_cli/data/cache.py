@@ -10,19 +10,22 @@ read with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from metanlp_cli.data.types import Text
+from metanlp_cli.data.types import EncodedSplit, Text
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +127,37 @@ def _write_atomically(path: Path, payload: dict) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def frozen_features_of(
+    encoder: nn.Module, token_ids: torch.Tensor, progress: bool, cache: FeatureCache
+) -> tuple[torch.Tensor | None, bool]:
+    """The output of the encoder's frozen layers for these rows (None where it has none), and whether
+    it was read from `cache`."""
+    frozen_features = getattr(encoder, "frozen_features", None)
+    if frozen_features is None:
+        return None, False
+    return cache.features(token_ids, lambda rows: frozen_features(rows, progress))
+
+
+def cache_frozen_features(
+    encoder: nn.Module, splits: dict[str, EncodedSplit], progress: bool = True, cache_dir: str | None = None
+) -> tuple[dict[str, EncodedSplit], float]:
+    """Where the encoder is frozen, put its features in place of each split's token ids, computed once:
+    every episode, in training and evaluation, reuses them. With `cache_dir` they are also kept on disk
+    for the next run (see `FeatureCache`). Returns the seconds taken too.
+
+    An encoder opts in with `frozen_features(token_ids, progress) -> features | None` (None: it trains),
+    and to the disk cache with `feature_fingerprint() -> str`.
+    """
+    start = time.perf_counter()
+    cache, cached, from_cache = FeatureCache(encoder, cache_dir), {}, 0
+    for name, split in splits.items():
+        features, hit = frozen_features_of(encoder, split.inputs, progress, cache)
+        if features is None:
+            return splits, 0.0
+        cached[name] = dataclasses.replace(split, inputs=features)
+        from_cache += hit
+    if cache.cache_dir is not None:
+        log.info("features from cache: %d of %d splits, in %s", from_cache, len(splits), cache.cache_dir)
+    return cached, time.perf_counter() - start

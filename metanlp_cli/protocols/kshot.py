@@ -1,8 +1,11 @@
-"""Named evaluation protocols: how a (meta-)trained model is scored."""
+"""The k-shot protocols (LM-BFF, LEOPARD; GLUE low-resource and ARSC are variants): whole tasks, each
+training set of a task adapted on and the task's evaluation split scored with its own metrics."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,144 +17,16 @@ from tqdm.auto import tqdm
 from metanlp_cli.algorithms.base import Algorithm, Learner
 from metanlp_cli.algorithms.finetune import fit_linear_probe
 from metanlp_cli.algorithms.inner_loop import InnerLoop, require_lr
-from metanlp_cli.data.types import EncodedSplit, Task
+from metanlp_cli.components import Dataset
+from metanlp_cli.data.cache import FeatureCache, TokenCache, frozen_features_of
+from metanlp_cli.data.types import Task, TaskCollection
 from metanlp_cli.errors import MetaNLPError
-from metanlp_cli.metrics import accuracy, mean_confidence_interval, task_scores
-from metanlp_cli.sampling import Batch, Episode, EpisodeSampler
+from metanlp_cli.metrics import task_scores
+from metanlp_cli.protocols.episodic import encode_rows
+from metanlp_cli.sampling import Batch
+from metanlp_cli.stats import mean_confidence_interval
 
-
-def episode_score(outputs: torch.Tensor, query: Batch, metric: str) -> float:
-    """A query set's score: the accuracy of a classification episode's logits, or a regression
-    episode's `metric` (its task's first: Pearson for STS-B; 0 for a constant prediction)."""
-    if not query.is_regression:
-        return accuracy(outputs, query.labels)
-    if not outputs.isfinite().all():  # a diverged MSE inner loop: a score of it would be silently 0
-        raise MetaNLPError(
-            "a regression episode's predictions are not finite: the MSE inner loop diverged; lower "
-            "algo.inner_eval.lr (algo.init_lr for metasgd and metalstm), e.g. 0.001 with backbone=cnn"
-        )
-    return task_scores([metric], outputs.squeeze(-1).cpu().numpy(), query.labels.cpu().numpy())[metric]
-
-
-def episode_scores(
-    algo: Algorithm, episodes: list[Episode], device: torch.device, description: str = "eval", progress: bool = True
-) -> list[float]:
-    """Adapt on each support set (with gradients where the algorithm needs them), score the query
-    (`episode_score`: accuracy, or the regression metric of a regression episode)."""
-    algo.eval()
-    scores = []
-    for episode in tqdm(episodes, desc=description, leave=False, disable=not progress, dynamic_ncols=True):
-        episode = episode.to(device)
-        with torch.enable_grad():
-            learner = algo.adapt(episode.support)
-        with torch.no_grad():
-            scores.append(episode_score(learner(episode.query.inputs), episode.query, episode.metric))
-    return scores
-
-
-def fixed_encoder_view(
-    algo: Algorithm, split: EncodedSplit, batch_size: int = 256, progress: bool = True
-) -> tuple[Algorithm, EncodedSplit]:
-    """The algorithm and split that evaluation episodes run on: where adapting leaves the encoder as it
-    is (`Algorithm.with_fixed_encoder`), the encoder's output for every row of the split, computed once in
-    eval mode, and the algorithm that reads such features; else both as they are. The same scores, without
-    encoding a row again in every episode that contains it (ProtoNet over a trained transformer layer).
-
-    Only for cached frozen-layer outputs (float inputs: a pretrained encoder's, which masks its padding):
-    token ids go per episode as before, since the word CNN's and BiLSTM's features depend on how wide the
-    padded batch is, and a whole split is wider than an episode."""
-    fixed = algo.with_fixed_encoder()
-    if fixed is None or not split.inputs.is_floating_point():
-        return algo, split
-    encoder, view = fixed
-    algo.eval()
-    features = encode_rows(encoder, split.inputs, batch_size, f"encode {split.name}", progress)
-    return view.to(features.device), dataclasses.replace(split, inputs=features)
-
-
-def encode_rows(encoder: nn.Module, inputs: torch.Tensor, batch_size: int, description: str, progress: bool):
-    """`encoder`'s output for every row, `batch_size` rows at a time, without gradients."""
-    chunks = tqdm(inputs.split(batch_size), desc=description, leave=False, disable=not progress)
-    with torch.no_grad():
-        return torch.cat([encoder(chunk) for chunk in chunks])
-
-
-def score_name(episodes: list[Episode]) -> str:
-    """What the mean of these episodes' scores is called: their one metric (accuracy, pearson), or
-    `score` where classification and regression episodes mix (validation on a mixed collection)."""
-    metrics = {episode.metric for episode in episodes}
-    return metrics.pop() if len(metrics) == 1 else "score"
-
-
-def scores_by_metric(episodes: list[Episode], scores: list[float]) -> dict:
-    """results.json's scores, one entry per metric the episodes are scored with: `accuracy` and
-    `episode_accuracies` for the classification episodes (with their `chance`), and e.g. `pearson`
-    and `episode_pearson` for the regression ones (chance 0; their sizes in `regression_examples`),
-    each a mean with its 95% CI."""
-    results = {}
-    for metric in sorted({episode.metric for episode in episodes}):
-        chosen = [(e, score) for e, score in zip(episodes, scores, strict=True) if e.metric == metric]
-        values = [score for _, score in chosen]
-        if metric == "accuracy":
-            results["chance"] = sum(1 / e.n_way for e, _ in chosen) / len(chosen)
-            results["accuracy"], results["episode_accuracies"] = mean_confidence_interval(values), values
-        else:
-            results[metric], results[f"episode_{metric}"] = mean_confidence_interval(values), values
-            results["regression_examples"] = {  # N x K and N x Q (less where a small task caps the query)
-                "support": sorted({len(e.support) for e, _ in chosen}),
-                "query": sorted({len(e.query) for e, _ in chosen}),
-            }
-    return results
-
-
-class EpisodicProtocol:
-    """N-way K-shot Q-query episodes on held-out classes, fixed by `seed`: mean accuracy and 95% CI.
-    A regression task's episodes (N x K support, N x Q query examples) are scored apart, by their metric.
-    `folds` (a fold-based class split's `dataset.fold` values) makes `metanlp train` train and test one run
-    per fold and report the mean over them (folds.py)."""
-
-    def __init__(
-        self,
-        n_way: int = 5,
-        k_shot: int = 5,
-        q_query: int = 15,
-        episodes: int = 600,
-        seed: int = 2024,
-        folds: list[int] | None = None,
-    ) -> None:
-        if folds is not None and (not folds or len(set(folds)) < len(folds)):
-            raise MetaNLPError(
-                f"protocol.folds={list(folds)}; allowed: null or a list of distinct folds, e.g. [1,2,3,4,5]"
-            )
-        self.n_way, self.k_shot, self.q_query = n_way, k_shot, q_query
-        self.num_episodes, self.seed, self.folds = episodes, seed, folds
-
-    def sampler(self, split: EncodedSplit) -> EpisodeSampler:
-        return EpisodeSampler(split, self.n_way, self.k_shot, self.q_query, seed=self.seed, key="protocol")
-
-    def episodes(self, split: EncodedSplit, count: int | None = None) -> list[Episode]:
-        return self.sampler(split).episodes(self.num_episodes if count is None else count)
-
-    def run(self, algo: Algorithm, split: EncodedSplit, device: torch.device, progress: bool = True) -> dict:
-        torch.manual_seed(self.seed)  # for any randomness inside adaptation: `metanlp eval` reproduces it
-        algo, split = fixed_encoder_view(algo, split, progress=progress)
-        sampler = self.sampler(split)
-        episodes = sampler.episodes(self.num_episodes)
-        scores = episode_scores(algo, episodes, device, f"{split.name} episodes", progress)
-        ways = sorted({episode.n_way for episode in episodes if episode.n_way}) or [self.n_way]
-        results = {
-            "protocol": "episodic",
-            "split": split.name,
-            "n_way": ways[0] if len(ways) == 1 else ways,  # a task collection's tasks may have fewer labels
-            "k_shot": self.k_shot,
-            "q_query": self.q_query,
-            "episodes": self.num_episodes,
-            "seed": self.seed,
-            **scores_by_metric(episodes, scores),
-        }
-        if sampler.capped_query_sizes:
-            results["q_query_per_task"] = sampler.capped_query_sizes  # tasks whose classes cannot hold q_query
-        return results
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -169,6 +44,15 @@ class KShotTask:
     evaluation_split: str
     metrics: list[str]
     regression: bool = False
+
+
+@dataclass(frozen=True)
+class KShotTasks:
+    """What a k-shot protocol scores: the training sets of its tasks, and the algorithm's encoder (what the
+    frozen features were computed with, and what a regression head is fitted on)."""
+
+    tasks: list[KShotTask]
+    encoder: nn.Module
 
 
 def predict(learner, inputs: torch.Tensor, batch_size: int, regression: bool) -> torch.Tensor:
@@ -204,11 +88,93 @@ class KShotProtocol:
         if score not in ("first", "combined"):
             raise MetaNLPError(f"protocol.score={score!r}; allowed: first, combined")
         require_lr(regression_head, "protocol.regression_head", learned=False)
-        self.batch_size, self.seed, self.regression_head, self.score = batch_size, seed, regression_head, score
+        self.batch_size, self.seed, self.regression_head, self.main_score = batch_size, seed, regression_head, score
 
     def training_sets(self, task: Task) -> list[tuple[str, np.ndarray | None]]:
         """The support sets of a task, as (name, rows of its train split); None = the whole split."""
         return [(task.name, None)]
+
+    def prepare(
+        self,
+        tokenizer,
+        dataset: Dataset,
+        split: str,
+        encoder: nn.Module,
+        device: torch.device,
+        cache_dir: str | None = None,
+        progress: bool = True,
+    ) -> KShotTasks:
+        """Each target task of a collection as the protocol's training sets (rows of its train split, each one
+        support set) and the evaluation split that `split` asks for. Every split (or the rows of it that the
+        training sets use) is tokenized, and for a frozen encoder embedded, once: LM-BFF's seeds share their
+        test set. The training sets of a task are reported together, under its `group` (or its name)."""
+        named = f"protocol={self.name}"
+        if not isinstance(dataset, TaskCollection):
+            raise MetaNLPError(
+                f"{named} needs a task collection (e.g. dataset=lmbff/sst2); {dataset.name} is a class split"
+            )
+        if split not in self.evaluation_splits:
+            allowed = ", ".join(self.evaluation_splits)
+            raise MetaNLPError(f"split={split!r} with {named}; allowed: {allowed} (the train split is the support set)")
+        wanted = self.evaluation_splits[split]
+        cache, inputs_of, chosen = TokenCache(tokenizer, cache_dir), {}, []
+        for task in dataset.phase_tasks("test"):
+            evaluation_split = next((s for s in wanted if task.split(s) is not None), None)
+            if task.train is None or evaluation_split is None:
+                raise MetaNLPError(
+                    f"task {task.name} of {dataset.name} needs a train split and a {' or '.join(wanted)} split "
+                    f"for {named}"
+                )
+            training_sets = self.training_sets(task)
+            used = [rows for _, rows in training_sets]
+            train_rows = None if any(rows is None for rows in used) else np.unique(np.concatenate(used))
+            evaluation = task.split(evaluation_split)
+            # Keyed by the texts' identity and the rows taken: the training sets of a task share its evaluation split.
+            train_key = (id(task.train), None if train_rows is None else train_rows.tobytes())
+            for key, texts, rows in ((train_key, task.train, train_rows), ((id(evaluation), None), evaluation, None)):
+                if key not in inputs_of:
+                    inputs_of[key] = cache.encode(texts.texts if rows is None else [texts.texts[i] for i in rows])[0]
+                    inputs_of[key] = inputs_of[key].to(device)
+            chosen.append((task, evaluation_split, training_sets, train_rows, train_key))
+        start, features_cache, from_cache = time.perf_counter(), FeatureCache(encoder, cache_dir), 0
+        for key, inputs in inputs_of.items():
+            features, hit = frozen_features_of(encoder, inputs, progress, features_cache)
+            if features is None:
+                break
+            inputs_of[key] = features
+            from_cache += hit
+        else:
+            seconds = time.perf_counter() - start
+            log.info("frozen layers: their output for every example computed once, in %.2fs", seconds)
+            if features_cache.cache_dir is not None:
+                log.info("features from cache: %d of %d splits, in %s", from_cache, len(inputs_of), cache_dir)
+
+        tasks = []
+        for task, evaluation_split, training_sets, train_rows, train_key in chosen:
+            evaluation, train_inputs = task.split(evaluation_split), inputs_of[train_key]
+            label_type = torch.float32 if task.regression else torch.int64
+            train_labels = torch.tensor(task.train.labels, dtype=label_type, device=device)
+            for name, rows in training_sets:
+                if rows is None:
+                    support_inputs, support_labels = train_inputs, train_labels
+                else:  # the encoded rows are `train_rows`: find these among them
+                    positions = torch.as_tensor(np.searchsorted(train_rows, rows), device=device)
+                    support_inputs = train_inputs[positions]
+                    support_labels = train_labels[torch.as_tensor(rows, device=device)]
+                support = Batch(support_inputs, support_labels, torch.arange(len(task.label_names), device=device))
+                tasks.append(
+                    KShotTask(
+                        name,
+                        task.group or task.name,
+                        support,
+                        inputs_of[(id(evaluation), None)],
+                        torch.tensor(evaluation.labels, dtype=label_type, device=device),
+                        evaluation_split,
+                        task.metrics,
+                        task.regression,
+                    )
+                )
+        return KShotTasks(tasks, encoder)
 
     def fixed_encoder_tasks(
         self, algo: Algorithm, encoder: nn.Module, tasks: list[KShotTask], progress: bool
@@ -244,12 +210,10 @@ class KShotProtocol:
                 return fit_linear_probe(encoder, task.support, self.regression_head)
             return algo.adapt(task.support)
 
-    def run(
-        self, algo: Algorithm, encoder: nn.Module, tasks: list[KShotTask], device: torch.device, progress: bool = True
-    ) -> dict:
-        """`encoder` is the algorithm's own (what a regression head is fitted on)."""
+    def score(self, algo: Algorithm, prepared: KShotTasks, device: torch.device, progress: bool = True) -> dict:
+        """Adapt on each training set, score its task's evaluation split; results.json's fields."""
         torch.manual_seed(self.seed)  # for any randomness inside adaptation (fine-tuning's batches)
-        algo, encoder, tasks = self.fixed_encoder_tasks(algo, encoder, tasks, progress)
+        algo, encoder, tasks = self.fixed_encoder_tasks(algo, prepared.encoder, prepared.tasks, progress)
         algo.eval()
         groups: dict[str, dict] = {}
         for task in tqdm(tasks, desc=f"{self.name} tasks", leave=False, disable=not progress, dynamic_ncols=True):
@@ -277,13 +241,13 @@ class KShotProtocol:
         for group in groups.values():
             runs = list(group["training_sets"].values())
             group["scores"] = {name: mean_confidence_interval([run[name] for run in runs]) for name in runs[0]}
-            main = "combined" if self.score == "combined" and "combined" in runs[0] else group["metrics"][0]
+            main = "combined" if self.main_score == "combined" and "combined" in runs[0] else group["metrics"][0]
             group["score_metric"] = main
             group["score"] = group["scores"][main]
         return {
             "protocol": self.name,
             "seed": self.seed,
-            "score": self.score,
+            "score": self.main_score,
             "tasks": groups,
             "average": sum(group["score"]["mean"] for group in groups.values()) / len(groups),
         }

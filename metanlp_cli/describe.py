@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 from omegaconf import DictConfig
 
+from metanlp_cli.components import load_dataset
 from metanlp_cli.data.types import PHASE_SPLITS, ClassSplit, LabeledTexts, TaskCollection, Text
 from metanlp_cli.errors import MetaNLPError
 
@@ -20,8 +21,6 @@ PERCENTILES = (5, 50, 95)
 
 def run(cfg: DictConfig) -> None:
     """Load `cfg.dataset` and print its summary as markdown or JSON (`format=`)."""
-    from metanlp_cli.components import load_dataset
-
     if cfg.format not in ("markdown", "json"):
         raise MetaNLPError(f"format={cfg.format!r} is not allowed; allowed: markdown, json")
     described = summary(load_dataset(cfg))
