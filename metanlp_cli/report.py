@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from metanlp_cli import search_report
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.metrics import REGRESSION_METRICS
 from metanlp_cli.stats import paired_difference as stats_paired_difference
@@ -479,7 +480,8 @@ def write_report(paths: list[Path], out: Path) -> Report:
         raise MetaNLPError(f"--out {str(out)!r}: cannot create that folder ({error.strerror})") from None
     plots = write_plots(report, out)
     write_csv(report, out)
-    write_markdown(report, out, paths, plots)
+    markdown = write_markdown(report, out, paths, plots)
+    search_report.append_search_sections(paths, out, markdown)  # best trial, importances, history of studies
     return report
 
 

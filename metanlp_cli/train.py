@@ -6,7 +6,6 @@ Reads top to bottom; every building block lives in its own module.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from metanlp_cli import distributed
+from metanlp_cli import distributed, loggers
 from metanlp_cli.algorithms.base import Algorithm, LabelSpace
 from metanlp_cli.algorithms.meta_step import meta_batch_episodes, meta_step
 from metanlp_cli.checkpoint import (
@@ -62,11 +61,6 @@ def outer_optimizer(algo: Algorithm, cfg: DictConfig) -> torch.optim.Optimizer |
     return build(cfg.optim, "optim", params=parameters) if parameters else None
 
 
-def append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a") as file:
-        file.write(json.dumps(record) + "\n")
-
-
 def validate_and_checkpoint(
     algo: Algorithm,
     protocol: EpisodicProtocol,
@@ -77,7 +71,7 @@ def validate_and_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     step: int,
     best_val: float,
-    metrics_path: Path | None = None,
+    tracker: loggers.Loggers | None = None,
     episodes_per_s: float | None = None,
 ) -> tuple[dict, float]:
     """Score the validation episodes, write last.pt (and best.pt if better); returns the score and the best.
@@ -96,9 +90,9 @@ def validate_and_checkpoint(
         "val_accuracy": val["mean"],  # the validation score, whatever its metric (`val_metric`)
         "val_metric": score_name(val_episodes),
     }
-    if metrics_path is not None:  # before last.pt: a run killed between the two logs this validation again
+    if tracker is not None:  # before last.pt: a run killed between the two logs this validation again
         record = {"step": step, f"val_{state['val_metric']}": val["mean"], "val_ci95": val["ci95"]}
-        append_jsonl(metrics_path, {**record, "episodes_per_s": episodes_per_s})
+        tracker.log_metrics({**record, "episodes_per_s": episodes_per_s})
     save_checkpoints(checkpoint_dir, state, is_best=val["mean"] > best_val)
     return val, max(best_val, val["mean"])
 
@@ -117,6 +111,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
         prepare_run_directory(run_dir, cfg.get("resume"))
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     evaluations = check_evaluations(cfg.get("evaluations") or [])  # a bad one fails now, not after training
+    tracker = loggers.open_loggers(cfg, run_dir, enabled=ranks.is_main)  # metrics.jsonl and cfg.logger's trackers
 
     # Data, tokenized once (or read from the cache): the vocabulary comes from the meta-train split only.
     dataset = load_dataset(cfg)
@@ -192,11 +187,11 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
             train_seconds += time.perf_counter() - started
 
             if ranks.is_main and (step + 1) % trainer.log_interval == 0:
-                append_jsonl(run_dir / "metrics.jsonl", {"step": step + 1, "meta_loss": meta_loss})
+                tracker.log_metrics({"step": step + 1, "meta_loss": meta_loss})
             if ranks.is_main and ((step + 1) % trainer.eval_interval == 0 or step + 1 == steps):
                 val, best_val = validate_and_checkpoint(
                     algo, protocol, splits["val"], trainer, checkpoint_dir, checkpoint, optimizer, step + 1, best_val,
-                    run_dir / "metrics.jsonl", (step + 1 - start_step) * trainer.meta_batch_size / train_seconds,
+                    tracker, (step + 1 - start_step) * trainer.meta_batch_size / train_seconds,
                 )  # fmt: skip
                 progress.set_postfix(loss=f"{meta_loss:.3f}", val=format_score(val))
                 log.info("step %d: meta-loss %.4f, validation %s %s", step + 1, meta_loss, val_name, format_score(val))
@@ -235,4 +230,5 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     if evaluations:  # "meta-train, then score on many targets" in one command; listed in results.md
         results["evaluations"] = run_evaluations(evaluations, cfg.paths, run_dir, checkpoint_dir / "best.pt")
         write_results(run_dir, results)
+    tracker.finish(results, steps)
     return best_val

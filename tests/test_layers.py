@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "metanlp_cli"
 # import each other (a data loader knows nothing of backbones, the checkpoint code nothing of processes).
 LAYERS = [
     ["__init__", "errors", "metrics", "stats", "results", "config", "compose", "divergence"],
-    ["data", "backbones", "sampling", "checkpoint", "distributed", "preflight"],
+    ["data", "backbones", "sampling", "checkpoint", "distributed", "preflight", "loggers", "search", "search_report"],
     ["algorithms", "components"],
     ["protocols"],
     [("train", "evaluate", "describe", "folds", "report")],  # the recipes: none below another

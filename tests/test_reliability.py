@@ -270,7 +270,7 @@ def test_ctrl_c_during_the_final_test_is_one_line_and_resumable(tmp_path):
 # The fault-injection test: a 6-step run (validations at 2, 4 and 6) killed with SIGKILL at many instants.
 FAULT_RUN = [*SMOKE, "trainer.steps=6"]
 KILL_POINTS = (
-    [f"metanlp_cli.train:append_jsonl:{n}" for n in range(1, 10)]  # before each of the 9 metrics records
+    [f"metanlp_cli.loggers:Loggers.log_metrics:{n}" for n in range(1, 10)]  # before each of the 9 metrics records
     + [f"torch:save:{n}" for n in range(1, 7)]  # a checkpoint's temporary file created, nothing in it
     + [f"os:replace:{n}" for n in range(1, 7)]  # its temporary file complete, not yet renamed
     + ["metanlp_cli.protocols:EpisodicProtocol.score:1"]  # the final test: best.pt loaded, no episode scored

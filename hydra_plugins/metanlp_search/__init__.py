@@ -1,0 +1,1 @@
+"""Hydra's plugin package for `hydra/sweeper=metanlp_study` (the logic is in metanlp_cli.search)."""
