@@ -51,6 +51,11 @@ def test_every_algo_has_a_search_space_whose_keys_it_has(algo, compose_config):
         "learned_rate": "algo.init_lr",
         "metric": "algo.temperature",
         "finetune": "algo.inner_eval.steps",
+        "matching": "algo.scale",
+        "relation": "algo.hidden_size",
+        "induction": "algo.routing_iterations",
+        "metanet": "algo.generator_layers",
+        "ridge": "algo.init_lambda",
     }[family]
     assert expected in space
 
