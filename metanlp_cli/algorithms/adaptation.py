@@ -72,6 +72,8 @@ def adapted_encoder_names(encoder: nn.Module, layers: int | str, key: str) -> li
     """The encoder's parameter names that `layers` (all, or the top k blocks) adapts. Each must be one the
     backbone trains: a frozen one's input is not there to run it on (its output is cached)."""
     names = [name for name, _ in encoder.named_parameters()]
+    if layers == 0:
+        return []
     if layers == "all":
         chosen = names
     else:
@@ -102,8 +104,18 @@ def encoder_copy(encoder: nn.Module, adapted: list[str]) -> Parameters:
     }
 
 
+def without_padding_columns(inputs: torch.Tensor) -> torch.Tensor:
+    """Token ids less the padding columns no row uses (a mini-batch of a split padded to its longest
+    row), keeping 5 for the CNN's widest filter as the samplers do; cached float features as they are."""
+    if inputs.is_floating_point() or not inputs.any():
+        return inputs
+    used = int((inputs != 0).any(dim=0).nonzero().max()) + 1
+    return inputs[:, : max(used, min(5, inputs.shape[1]))]
+
+
 def encode(encoder: nn.Module, parameters: Parameters, inputs: torch.Tensor) -> torch.Tensor:
-    return functional_call(encoder, parameters, (inputs,))
+    """The encoder's features of `inputs` with `parameters` in place of its own."""
+    return functional_call(encoder, parameters, (without_padding_columns(inputs),))
 
 
 def adamw(tensors: list[torch.Tensor], config: EncoderFineTuning) -> torch.optim.AdamW:
