@@ -21,9 +21,11 @@ from metanlp_cli.algorithms.multitask import MultiTask
 from metanlp_cli.algorithms.setfit import SetFit, contrastive_fine_tune, cosine_similarity_loss, sentence_pairs
 from metanlp_cli.backbones.cnn import WordCNN
 from metanlp_cli.backbones.heads import CosineHead
+from metanlp_cli.backbones.pretrained import PretrainedEncoder
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.sampling import Batch, EpisodeSampler
 from tests.conftest import VOCAB_SIZE, TinyEncoder, keyword_split
+from tests.test_pretrained import tiny_bert  # noqa: F401  (the fixture)
 
 SPACE = LabelSpace(n_way=2, num_train_classes=4)
 
@@ -258,3 +260,35 @@ def test_setfit_on_an_untrained_cnn_learns_the_keyword_task():
     frozen = accuracy(EncoderFineTuning(layers=0))
     tuned = accuracy(EncoderFineTuning(layers="all", lr=1e-2, epochs=1, batch_size=16))
     assert tuned > 0.8 and tuned > frozen + 0.1, (frozen, tuned)  # measured: 0.70 -> 0.85; chance 0.5
+
+
+# A pretrained encoder (the tiny random BERT of test_pretrained)
+
+
+def test_fine_tuning_a_pretrained_encoder_adapts_what_the_backbone_trains(tiny_bert):  # noqa: F811
+    split = keyword_split("test", range(30, 32), examples_per_class=4, seed=2)
+    support = Batch(split.inputs, torch.as_tensor(split.labels), torch.arange(2))  # as packed ids: tokens 2..65
+    config = EncoderFineTuning(layers="all", lr=1e-3, epochs=2, batch_size=4)
+
+    torch.manual_seed(0)
+    whole_encoder = PretrainedEncoder(VOCAB_SIZE, tiny_bert, trainable_layers="all", attention="sdpa")
+    algo = FineTune(whole_encoder, SPACE, encoder_finetuning=config).eval()
+    before = {name: tensor.clone() for name, tensor in algo.state_dict().items()}
+    learner = algo.adapt(support)
+    assert all(torch.equal(tensor, before[name]) for name, tensor in algo.state_dict().items())
+    moved = {n for n, p in whole_encoder.named_parameters() if not torch.equal(learner.parameters[n], p)}
+    assert any(n.startswith("model.embeddings.") for n in moved) and any(".layer.1." in n for n in moved)
+    assert learner(support.inputs).shape == (8, 2)
+
+    torch.manual_seed(0)
+    frozen = PretrainedEncoder(VOCAB_SIZE, tiny_bert, trainable_layers=0)
+    with pytest.raises(MetaNLPError, match="backbone.encoder.trainable_layers=all"):
+        FineTune(frozen, SPACE, encoder_finetuning=config).eval().adapt(support)
+
+    torch.manual_seed(0)
+    top = PretrainedEncoder(VOCAB_SIZE, tiny_bert, trainable_layers=1)  # the layers below: cached hidden states
+    cached = Batch(top.frozen_features(support.inputs), support.labels, support.classes)
+    algo = FineTune(top, SPACE, encoder_finetuning=EncoderFineTuning(layers=1, lr=1e-3, epochs=2)).eval()
+    learner = algo.adapt(cached)
+    moved = {n for n, p in top.named_parameters() if not torch.equal(learner.parameters[n], p)}
+    assert moved and all(n.startswith("model.encoder.layer.1.") for n in moved)
