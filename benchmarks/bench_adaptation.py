@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 
 from metanlp_cli import CONFIG_DIR
 from metanlp_cli.algorithms.base import LabelSpace
-from metanlp_cli.components import build_algorithm, build_encoder, kshot_tasks, load_dataset
+from metanlp_cli.components import build_algorithm, build_encoder, load_dataset
 from metanlp_cli.config import build
-from metanlp_cli.protocols import predict
+from metanlp_cli.protocols.kshot import predict
 
 TRAINING_SET = "sst2-seed13"
 METHODS = {  # name -> the overrides of `metanlp train` that choose it
@@ -40,8 +40,8 @@ def adapt_once(overrides: list[str], threads: int) -> dict:
     encoder = build_encoder(cfg, tokenizer.vocab_size)
     algo = build_algorithm(cfg, encoder, LabelSpace(2, 2)).eval()
     protocol = build(compose_config(["protocol=kshot", *overrides]).protocol, "protocol")
-    tasks = kshot_tasks(tokenizer, load_dataset(cfg), "test", encoder, torch.device("cpu"), protocol, progress=False)
-    task = next(task for task in tasks if task.name == TRAINING_SET)
+    prepared = protocol.prepare(tokenizer, load_dataset(cfg), "test", encoder, torch.device("cpu"), progress=False)
+    task = next(task for task in prepared.tasks if task.name == TRAINING_SET)
     started = time.perf_counter()
     learner = protocol.adapt(algo, encoder, task)
     adapted = time.perf_counter() - started

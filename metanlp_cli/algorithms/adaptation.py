@@ -7,9 +7,10 @@ support set itself (`support_seed`), so adapting on a training set gives the sam
 adapted before it, and a rerun reproduces it.
 
 Layers frozen in the backbone (`backbone.encoder.trainable_layers`) are computed once per split and
-cached (`components.cache_frozen_features`): their input is gone by the time a support set arrives, so
-only layers the backbone trains can adapt. To fine-tune the whole encoder, the backbone trains all of
-its layers (`backbone.encoder.trainable_layers=all`, what `experiment=finetune_encoder` sets).
+cached (`data.cache.cache_frozen_features`, `KShotProtocol.prepare`): their input is gone by the time a
+support set arrives, so only layers the backbone trains can adapt. To fine-tune the whole encoder, the
+backbone trains all of its layers (`backbone.encoder.trainable_layers=all`, what `experiment=finetune_encoder`
+sets).
 """
 
 from __future__ import annotations
