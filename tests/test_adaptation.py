@@ -292,3 +292,30 @@ def test_fine_tuning_a_pretrained_encoder_adapts_what_the_backbone_trains(tiny_b
     learner = algo.adapt(cached)
     moved = {n for n, p in top.named_parameters() if not torch.equal(learner.parameters[n], p)}
     assert moved and all(n.startswith("model.encoder.layer.1.") for n in moved)
+
+
+@pytest.mark.smoke
+def test_a_finetune_checkpoint_is_adapted_the_setfit_way_at_eval(tmp_path):
+    """`metanlp eval checkpoint=RUN +algo=setfit`: the fine-tuning baseline's meta-trained weights load into
+    setfit, which then adapts each episode contrastively (no change to the eval recipe)."""
+    import subprocess
+    import sys
+
+    def metanlp(*arguments: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "metanlp_cli", *arguments]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    narrow = ["backbone.encoder.embedding_dim=16", "backbone.encoder.num_filters=8"]
+    trained = metanlp("train", "debug=smoke", "algo=finetune", *narrow, f"hydra.run.dir={tmp_path / 'run'}")
+    assert trained.returncode == 0, trained.stderr
+    evaluated = metanlp(
+        "eval",
+        f"checkpoint={tmp_path / 'run'}",
+        "+algo=setfit",
+        "algo.iterations=2",
+        "protocol.episodes=3",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "metanlp_cli.algorithms.setfit.SetFit" in (tmp_path / "eval" / "config.yaml").read_text()
+    assert "test accuracy" in evaluated.stdout
