@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from metanlp_cli.algorithms.adaptation import EncoderFineTuning
 from metanlp_cli.algorithms.anil import ANIL
 from metanlp_cli.algorithms.base import LabelSpace
 from metanlp_cli.algorithms.finetune import FineTune
@@ -21,6 +22,7 @@ from metanlp_cli.algorithms.multitask import MultiTask
 from metanlp_cli.algorithms.protomaml import ProtoMAML
 from metanlp_cli.algorithms.protonet import ProtoNet
 from metanlp_cli.algorithms.reptile import Reptile
+from metanlp_cli.algorithms.setfit import SetFit
 from metanlp_cli.backbones.cnn import WordCNN
 from metanlp_cli.protocols import episode_scores
 from metanlp_cli.sampling import Batch, Episode, EpisodeSampler, episode_seed
@@ -483,6 +485,8 @@ ALGORITHMS = {
     "finetune": (FineTune, {"inner_eval": InnerLoop(50, 0.05)}, 60, 3e-3),
     "finetune_batched": (FineTune, {"inner_eval": InnerLoop(50, 0.05), "batch_episodes": True}, 60, 3e-3),
     "multitask": (MultiTask, {"num_groups": 5, "inner_eval": InnerLoop(50, 0.05)}, 60, 3e-3),
+    "finetune_cosine": (FineTune, {"head": "cosine", "learn_scale": True, "inner_eval": InnerLoop(50, 0.05)}, 60, 3e-3),
+    "setfit": (SetFit, {"iterations": 2, "contrastive": EncoderFineTuning("all", 1e-3, 1, 16)}, 60, 3e-3),
 }
 
 

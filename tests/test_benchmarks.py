@@ -101,3 +101,14 @@ def test_algorithm_section_has_a_row_per_algorithm():
     text = bench_algorithms.section({w: fake_result(0.5) for w in workloads}, Workload("maml", "cnn"), Timing())
     assert "| maml | 5 steps, second order, adapts all | 2.00 | 7 |" in text
     assert "| protonet | - |" in text
+
+
+def test_the_adaptation_benchmark_composes_each_method_as_the_cli_does():
+    from benchmarks import bench_adaptation
+
+    configs = {name: bench_adaptation.compose_config(overrides) for name, overrides in bench_adaptation.METHODS.items()}
+    frozen, whole, setfit = configs.values()
+    assert frozen.algo.encoder_finetuning.layers == 0 and frozen.backbone.encoder.trainable_layers == 0
+    assert whole.algo.encoder_finetuning.layers == "all" and whole.backbone.encoder.trainable_layers == "all"
+    assert whole.trainer.steps == 0 and whole.dataset.name == "sst2"
+    assert setfit.algo._target_.endswith("SetFit") and setfit.backbone.encoder.trainable_layers == "all"

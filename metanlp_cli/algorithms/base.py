@@ -41,12 +41,13 @@ def task_loss(outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 
 class Classifier(nn.Module):
-    """An encoder and a linear head: token ids -> logits. Parameter names: `encoder.*`, `head.*`."""
+    """An encoder and a head, linear unless one is given (the cosine head of baseline++): token ids ->
+    logits. Parameter names: `encoder.*`, `head.*`."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int) -> None:
+    def __init__(self, encoder: nn.Module, num_classes: int, head: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(encoder.output_dim, num_classes)
+        self.head = nn.Linear(encoder.output_dim, num_classes) if head is None else head
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(inputs))

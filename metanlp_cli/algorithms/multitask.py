@@ -1,5 +1,6 @@
 """The multi-task baseline: a shared encoder with one head per training task, trained jointly on the
-examples of the meta-training episodes, then adapted like the fine-tuning baseline.
+examples of the meta-training episodes, then adapted like the fine-tuning baseline (a new linear or
+cosine head, and optionally the encoder fine-tuned with it: `encoder_finetuning`).
 
 On a class-split dataset a "task" is a group of meta-train classes: classes are split by id into
 `num_groups` contiguous groups, and an example is classified among the classes of its own group
@@ -16,13 +17,16 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from metanlp_cli.algorithms.adaptation import HEAD_ONLY, AdaptedEncoderLearner, EncoderFineTuning
 from metanlp_cli.algorithms.base import Algorithm, Classifier, LabelSpace, task_loss
 from metanlp_cli.algorithms.finetune import (
     LinearProbe,
     SupervisedLearner,
+    adapt_new_head,
     batched_episode_losses,
     episode_examples,
-    fit_linear_probe,
+    head_scale,
+    supervised_head,
     supervised_outputs,
 )
 from metanlp_cli.algorithms.inner_loop import InnerLoop, require_lr
@@ -39,6 +43,10 @@ class MultiTask(Algorithm):
         num_groups: int = 3,
         inner_eval: InnerLoop = InnerLoop(steps=100, lr=0.01),
         batch_episodes: bool = False,
+        head: str = "linear",
+        scale: float = 10.0,
+        learn_scale: bool = False,
+        encoder_finetuning: EncoderFineTuning = HEAD_ONLY,
     ) -> None:
         super().__init__()
         classes = label_space.num_train_classes
@@ -49,16 +57,19 @@ class MultiTask(Algorithm):
             )
         require_lr(inner_eval, "inner_eval", learned=False)
         self.num_classes = classes
-        self.model = Classifier(encoder, classes + int(label_space.regression))
+        head_module = supervised_head(encoder, label_space, head, scale, learn_scale)
+        self.model = Classifier(encoder, classes + int(label_space.regression), head_module)
         self.inner_eval = inner_eval
         self.batch_episodes = batch_episodes
+        self.head, self.scale, self.encoder_finetuning = head, scale, encoder_finetuning
         groups = torch.arange(classes) * num_groups // max(classes, 1)
         self.register_buffer("group_of_class", groups, persistent=False)
 
-    def adapt(self, support: Batch) -> SupervisedLearner | LinearProbe:
+    def adapt(self, support: Batch) -> SupervisedLearner | LinearProbe | AdaptedEncoderLearner:
         if self.training:
             return SupervisedLearner(self.model, support)
-        return fit_linear_probe(self.model.encoder, support, self.inner_eval)
+        scale = head_scale(self.model, self.head, self.scale)
+        return adapt_new_head(self.model.encoder, support, self.inner_eval, self.head, scale, self.encoder_finetuning)
 
     def meta_loss(self, learner: SupervisedLearner, query: Batch) -> torch.Tensor:
         """Mean cross-entropy of every episode example over the classes of its own group (the MSE of

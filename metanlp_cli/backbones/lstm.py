@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metanlp_cli.backbones.word_embeddings import embedding_rows, word_embedding
+
 
 class BiLSTM(nn.Module):
     """Stacked bidirectional layers, each its own `nn.LSTM` (the same computation as one multi-layer
@@ -18,11 +20,13 @@ class BiLSTM(nn.Module):
         num_layers: int = 1,
         pooling: str = "mean",
         dropout: float = 0.1,
+        embedding_init: str | None = None,
     ) -> None:
         super().__init__()
         if pooling not in ("mean", "max"):
             raise ValueError(f"backbone.encoder.pooling={pooling!r} is not allowed; allowed: mean, max")
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+        self.embedding = word_embedding(vocab_size, embedding_dim, embedding_init)
+        self.vocab_size, self.embedding_init = vocab_size, embedding_init
         self.layers = nn.ModuleList(
             nn.LSTM(embedding_dim if i == 0 else 2 * hidden_size, hidden_size, batch_first=True, bidirectional=True)
             for i in range(num_layers)
@@ -35,9 +39,15 @@ class BiLSTM(nn.Module):
         """Blocks from input to output, for `algo.inner_params=top_K`."""
         return ["embedding"] + [f"layers.{i}" for i in range(len(self.layers))]
 
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids -> embeddings [batch, length, dim]; a pretrained tokenizer's packed ids via their rows."""
+        if self.embedding_init is not None:
+            token_ids = embedding_rows(token_ids, self.vocab_size)
+        return self.embedding(token_ids)
+
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         mask = (token_ids != 0).unsqueeze(-1)
-        states = self.embedding(token_ids)
+        states = self.embed(token_ids)
         for layer in self.layers:
             states, _ = layer(states)
         if self.pooling == "mean":
