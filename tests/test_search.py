@@ -56,6 +56,7 @@ def test_every_algo_has_a_search_space_whose_keys_it_has(algo, compose_config):
         "induction": "algo.routing_iterations",
         "metanet": "algo.generator_layers",
         "ridge": "algo.init_lambda",
+        "setfit": "algo.contrastive.lr",
     }[family]
     assert expected in space
 
