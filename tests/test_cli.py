@@ -61,15 +61,15 @@ def test_help_lists_commands_and_config_groups():
         "train",
         "eval",
         "algo",
-        "protomaml, protonet, reptile",
+        "protomaml, protonet, relation, reptile, ridge, setfit",
         "backbone",
-        "cnn, lstm, minilm, pretrained, transformer",
+        "cnn, lstm, me5_small, minilm, pretrained, transformer",
     ):
         assert text in result.stdout
 
 
 BAD_INPUTS = [
-    (["train", "algo=magic"], "algo='magic' is not a known choice; allowed: anil, finetune, fomaml, maml"),
+    (["train", "algo=magic"], "algo='magic' is not a known choice; allowed: anil, finetune, fomaml, induction, maml, matching"),
     (["train", "debug=smoke", "trainer.steps=abc"], "trainer.steps"),
     (["train", "trainer.stepz=3"], "trainer.stepz is not a known key; allowed: steps, meta_batch_size"),
     (["train", "debug=smoke", "algo=maml", "algo.inner_train.lr=fast"], "algo.inner_train.lr='fast' has the wrong"),
