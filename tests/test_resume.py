@@ -57,6 +57,7 @@ def interrupt_at_episode(monkeypatch, index: int) -> None:
     monkeypatch.setattr(EpisodeSampler, "episode", episode)
 
 
+@pytest.mark.slow  # make test-full; the fault-injection test (test_reliability.py) checks the same at 28 instants
 def test_interrupted_and_resumed_run_ends_with_the_same_results(
     compose_config, tmp_path, monkeypatch, default_signal_handlers
 ):

@@ -126,6 +126,7 @@ def complete_trials(study) -> list:
 
 
 @pytest.mark.smoke
+@pytest.mark.slow
 @needs_optuna
 def test_the_optuna_alias_is_tpe_over_maml_and_its_report_has_the_best_trial_and_plots(tmp_path):
     sweep = tmp_path / "search"
