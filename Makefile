@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install metanlp with its dev tools and sweep plugins (TORCH=..., EXTRAS=...)
 
-run: $(STAMP) ## the default experiment: ProtoNet + word CNN on the built-in topics, offline
-	$(BIN)/metanlp train
+run: $(STAMP) ## the default experiment (ProtoNet + word CNN on the built-in topics, offline), 150 steps: its validation plateaus after about 100
+	$(BIN)/metanlp train trainer.steps=150
 
 test: $(STAMP) ## the test suite CI runs (unit, CLI smoke, and real-data tests when METANLP_DATA_ROOT is set)
 	$(PYTEST) -q
