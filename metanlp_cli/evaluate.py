@@ -75,11 +75,11 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
 
 
 def _group_choices(overrides: list[str]) -> dict[str, str]:
-    """`dataset=glue/mrpc` style overrides, which rename what is being scored."""
+    """`dataset=glue/mrpc`, `+algo=setfit` style overrides, which rename what is being scored (or how it adapts)."""
     choices = {}
     for override in overrides:
-        key, _, value = override.partition("=")
-        if key in ("dataset", "protocol") and value:
+        key, _, value = override.lstrip("+").partition("=")
+        if key in ("dataset", "protocol", "algo") and value:
             choices[key] = value
     return choices
 

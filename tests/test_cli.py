@@ -125,3 +125,10 @@ def test_every_algorithm_runs_with_every_backbone(algo, backbone, compose_config
     results = json.loads((tmp_path / "results.json").read_text())
     assert 0.0 <= best_val <= 1.0 and results["episodes"] == 10
     assert 0.0 <= results["accuracy"]["mean"] <= 1.0
+
+
+def test_eval_overrides_that_change_what_is_scored_are_named_in_the_results():
+    from metanlp_cli.evaluate import _group_choices
+
+    overrides = ["+algo=setfit", "dataset=lmbff/sst2", "protocol=kshot", "trainer.progress=false", "~algo.distance"]
+    assert _group_choices(overrides) == {"algo": "setfit", "dataset": "lmbff/sst2", "protocol": "kshot"}
