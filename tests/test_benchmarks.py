@@ -112,3 +112,11 @@ def test_the_adaptation_benchmark_composes_each_method_as_the_cli_does():
     assert whole.algo.encoder_finetuning.layers == "all" and whole.backbone.encoder.trainable_layers == "all"
     assert whole.trainer.steps == 0 and whole.dataset.name == "sst2"
     assert setfit.algo._target_.endswith("SetFit") and setfit.backbone.encoder.trainable_layers == "all"
+
+
+def test_running_some_benchmarks_replaces_their_sections_and_keeps_the_others():
+    from benchmarks.__main__ import merge
+
+    previous = "# Benchmarks\n\nheader\n\n## A (bench_a)\n\nold a\n\n## B (bench_b)\n\nold b\n### sub\nmore b\n"
+    merged = merge(previous, ["## B (bench_b)\n\nnew b\n", "## C (bench_c)\n\nnew c\n"])
+    assert merged == ["## A (bench_a)\n\nold a\n", "## B (bench_b)\n\nnew b\n", "## C (bench_c)\n\nnew c\n"]

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+import reproduce.__main__ as runner
 from metanlp_cli import CONFIG_DIR
 from metanlp_cli.config import build, check_arguments
-from reproduce.__main__ import benchmark_section, paired_difference
+from reproduce.__main__ import benchmark_section, paired_difference, per_task_differences
 from reproduce.plan import BENCHMARKS, METHODS, SIZES
 
 ISSUE_PRESETS = {
@@ -37,7 +40,8 @@ def test_every_planned_run_composes_and_builds_its_protocol(benchmark, size, com
                 *METHODS[key].overrides,
             ]
             cfg = compose_config("train", overrides)
-            assert cfg.trainer.steps == (0 if key == "linear_probe" else int(SIZES[size][0].split("=")[1]))
+            no_meta_training = key in ("linear_probe", "finetune_encoder", "setfit")
+            assert cfg.trainer.steps == (0 if no_meta_training else int(SIZES[size][0].split("=")[1]))
             build(cfg.protocol, "protocol")
             check_arguments(cfg.algo, "algo", {"encoder", "label_space"})
             if METHODS[key].baseline:
@@ -64,11 +68,80 @@ def test_the_report_pairs_episodes_and_says_which_side_of_the_published_number_w
 
     benchmark = next(b for b in BENCHMARKS if b.name == "huffpost_bao2020")  # published 43.0 (1-shot)
     text = "\n".join(benchmark_section(benchmark, [frozen, trained]))
-    assert "| metanlp: " + METHODS["frozen"].description + " | 65.00 | not run |" in text
-    assert "- 1-shot, protonet - frozen: +8.75 +/- 3.98 points: protonet beats the baseline" in text
+    frozen_row = METHODS["frozen"].description.format(encoder=benchmark.encoder)
+    assert "| metanlp: " + frozen_row + " | 65.00 | not run |  |" in text
+    assert "- 1-shot, protonet - frozen: +8.75 +/- 3.98 points: protonet beats frozen" in text
+    assert "Best metanlp method: 1-shot: **protonet** (73.75), beats frozen (+8.75 +/- 3.98); above the best" in text
     assert "ours 73.75 (protonet) vs DS-FSL (Bao et al.) 43.00: ours is higher by 30.75" in text
     assert "- 5-shot, DS-FSL (Bao et al.) 63.50: not run" in text
 
     worse = record("protonet", "1-shot", [0.4, 0.5, 0.6, 0.7])
     text = "\n".join(benchmark_section(benchmark, [frozen, worse]))
-    assert "protonet is below the baseline" in text
+    assert "protonet is below frozen" in text
+
+
+def task_record(method: str, setting: str, seeds: dict[str, dict[str, float]]) -> dict:
+    """A k-shot record: per task (language) the main score of each training set (seed)."""
+    means = {task: sum(scores.values()) / len(scores) for task, scores in seeds.items()}
+    average = sum(means.values()) / len(means)
+    return {
+        "benchmark": "b", "setting": setting, "method": method, "run_dir": f"runs/{method}",
+        "command": "metanlp ...", "train_command": "metanlp ...", "wall_seconds": 12.0,
+        "tasks": {task: {"mean": mean} for task, mean in means.items()}, "average": average,
+        "training_sets": seeds, "paired_units": [means[task] for task in sorted(means)],
+        "score": {"mean": average, "ci95": 0.01},
+        "cells": {**{task: f"{100 * mean:.1f}" for task, mean in means.items()}, "average": f"{100 * average:.2f}"},
+    }  # fmt: skip
+
+
+def test_a_k_shot_table_pairs_each_language_over_its_seeds_and_names_the_published_average():
+    frozen = task_record("frozen", "K=1", {"eng_Latn": {"s1": 0.5, "s2": 0.7}, "yor_Latn": {"s1": 0.3, "s2": 0.4}})
+    trained = task_record(
+        "protonet_top", "K=1", {"eng_Latn": {"s1": 0.6, "s2": 0.9}, "yor_Latn": {"s1": 0.3, "s2": 0.3}}
+    )
+    cells = per_task_differences(trained, frozen)
+    # eng: +0.1, +0.2 -> +15.00, Student t (1 d.o.f.) 12.706 * std 0.0707 / sqrt 2 = 63.53 points
+    assert cells["eng_Latn"] == "+15.00 +/- 63.53"
+    assert cells["yor_Latn"].startswith("-5.00 +/- ")
+    assert cells["average"] == "+5.00"
+
+    benchmark = next(b for b in BENCHMARKS if b.name == "sib200_kshot")
+    text = "\n".join(benchmark_section(benchmark, [frozen, trained]))
+    assert "| difference: protonet_top - frozen, K=1 (paired over the training sets) | +15.00 +/- 63.53 |" in text
+    assert "multilingual-e5-small" in text and "| 12 |" in text  # the encoder's name; the wall time
+
+    zeroshot = next(b for b in BENCHMARKS if b.name == "sib200_zeroshot")
+    text = "\n".join(benchmark_section(zeroshot, [task_record("frozen", "zero-shot", frozen["training_sets"])]))
+    assert "- average: ours 47.50 (frozen) vs XLM-R large, English training data 69.10: ours is lower by 21.60" in text
+
+
+def test_rows_of_the_committed_results_json_are_kept_and_not_run_again(tmp_path, monkeypatch):
+    """A fresh machine (no run directories) keeps every committed row, runs only what is missing, and
+    re-runs a committed baseline that lacks the paired units the new rows pair against."""
+    benchmark = next(b for b in BENCHMARKS if b.name == "fewrel_pubmed")
+    setting = benchmark.settings[0]
+    old_protonet = record("protonet", setting.name, [0.7, 0.8]) | {"benchmark": benchmark.name}
+    old_frozen = record("frozen", setting.name, [0.6, 0.7]) | {"benchmark": benchmark.name, "paired_units": None}
+    committed = {(benchmark.name, setting.name, r["method"]): r for r in (old_protonet, old_frozen)}
+    ran = []
+
+    def fake_run(command, run_dir):
+        ran.append(run_dir.parts[-2])
+        run_dir.mkdir(parents=True)
+        (run_dir / "command.txt").write_text("metanlp train ...\n")
+        (run_dir / "results.json").write_text(
+            json.dumps({"accuracy": {"mean": 0.65, "ci95": 0.05}, "episode_accuracies": [0.6, 0.7]})
+        )
+
+    monkeypatch.setattr(runner, "run_command", fake_run)
+    kept = runner.score_run(benchmark, setting, METHODS["protonet"], "cpu", tmp_path, True, committed)
+    assert kept is old_protonet and ran == []
+    rerun = runner.score_run(benchmark, setting, METHODS["frozen"], "cpu", tmp_path, True, committed)
+    assert ran == ["frozen"] and rerun["paired_units"] == [0.6, 0.7]
+    assert runner.score_run(benchmark, setting, METHODS["frozen"], "cpu", tmp_path, False, {}) == rerun
+    # the kept row has no units: its difference is the one committed with it
+    old_protonet_without_units = old_protonet | {
+        "paired_units": None,
+        "differences": {"frozen": {"mean": 0.1, "ci95": 0.02}},
+    }
+    assert paired_difference(old_protonet_without_units, rerun) == {"mean": 0.1, "ci95": 0.02}
