@@ -5,6 +5,9 @@ validation curves, and accuracy against K where several K were run.
 
 A *task* is the set of test episodes: runs with the same dataset, split, N, K, Q, episode count and
 protocol seed were scored on the very same episodes, so methods can be compared episode by episode.
+A task protocol's run (`protocol=kshot|arsc|glue_lowres`: tasks, each adapted on one or more
+training sets) is compared the same way, its paired units being the (task, training set) pairs and
+its score each task's main metric, averaged over the tasks as the protocol reports it.
 A *method* is algo/backbone plus the config values that differ among that algo/backbone's runs
 (seeds, paths and the task aside); its repeated seeds are averaged.
 """
@@ -28,8 +31,8 @@ import yaml
 from metanlp_cli import search_report
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.metrics import REGRESSION_METRICS
+from metanlp_cli.stats import mean_confidence_interval, seed_confidence_interval
 from metanlp_cli.stats import paired_difference as stats_paired_difference
-from metanlp_cli.stats import seed_confidence_interval
 
 # Config keys that say nothing about the method: seeds, where and how it ran, and what defines the task.
 NOT_METHOD = re.compile(
@@ -47,12 +50,16 @@ class Task:
     n_way: int
     k_shot: int
     q_query: int
-    episodes: int
+    episodes: int  # for a task protocol: the (task, training set) pairs
     protocol_seed: int
+    protocol: str = "episodic"
 
     @property
     def name(self) -> str:
         split = "" if self.split == "test" else f" ({self.split})"
+        if self.protocol != "episodic":  # a task protocol: its dataset (collection) and K where one K
+            shots = f" {self.k_shot}-shot" if self.k_shot else ""
+            return f"{self.protocol} {self.dataset}{shots}{split}"
         return f"{self.dataset} {self.n_way}-way {self.k_shot}-shot{split}"
 
     @property
@@ -124,6 +131,8 @@ def read_run(results_path: Path) -> Run | None:
     directory = results_path.parent
     try:
         results = json.loads(results_path.read_text())
+        if "tasks" in results and "average" in results:
+            return _task_protocol_run(directory, results)
         task = Task(
             str(results["dataset"]),
             results["split"],
@@ -152,6 +161,34 @@ def read_run(results_path: Path) -> Run | None:
         accuracy=accuracy["mean"],
         ci95=accuracy["ci95"],
         episode_accuracies=episode_accuracies,
+        curve=_curve(directory / "metrics.jsonl"),
+    )
+
+
+def _task_protocol_run(directory: Path, results: dict) -> Run:
+    """A k-shot / ARSC / GLUE-style run: each (task, training set)'s main score is a paired unit."""
+    groups = results["tasks"]
+    units = [
+        scores[groups[name]["score_metric"]]
+        for name in sorted(groups)
+        for _, scores in sorted(groups[name]["training_sets"].items())
+    ]
+    shots = {k for group in groups.values() for k in group.get("k_shot", [])}
+    task = Task(
+        str(results["dataset"]), results["split"], 0, shots.pop() if len(shots) == 1 else 0, 0, len(units),
+        results["seed"], results["protocol"],
+    )  # fmt: skip
+    config = _read_yaml(directory / "config.yaml", {}) or {}
+    return Run(
+        path=directory,
+        algo_backbone=f"{results.get('algo')}/{results.get('backbone')}",
+        settings=_settings(config),
+        overrides=_read_yaml(directory / ".hydra" / "overrides.yaml", []) or [],
+        task=task,
+        seed=(config.get("trainer") or {}).get("seed", config.get("seed")),
+        accuracy=results["average"],
+        ci95=mean_confidence_interval(units)["ci95"] if len(units) > 1 else float("nan"),
+        episode_accuracies=units,
         curve=_curve(directory / "metrics.jsonl"),
     )
 
@@ -400,10 +437,12 @@ def plot_accuracy(report: Report, task: Task, name: str, out: Path) -> Path:
     cells = [report.cells[(m, task)] for m in methods]
     figure, axes = _figure(4.0 + 0.075 * max(map(len, methods)), 1.5 + 0.4 * len(methods))
     axes.barh(methods, [100 * c.mean for c in cells], xerr=[100 * c.ci95 for c in cells], color="tab:blue", capsize=3)
-    axes.axvline(100 / task.n_way, color="grey", linestyle="--", label="chance")
-    axes.set_xlabel("test accuracy (%), mean ± 95% CI")
-    axes.set_title(f"{name}: test accuracy")
-    axes.legend(loc="lower right")
+    if task.n_way:  # episodic: N-way chance (a task protocol's tasks have their own label counts)
+        axes.axvline(100 / task.n_way, color="grey", linestyle="--", label="chance")
+    axes.set_xlabel("test accuracy (%), mean ± 95% CI" if task.n_way else "main score (%), mean ± 95% CI")
+    axes.set_title(f"{name}: test accuracy" if task.n_way else f"{name}: average over the tasks")
+    if task.n_way:
+        axes.legend(loc="lower right")
     path = out / f"accuracy_{_slug(name)}.png"
     figure.savefig(path, dpi=110)
     return path

@@ -170,3 +170,45 @@ def test_a_regression_only_run_is_left_out_with_a_note_saying_why(sweep, capsys)
     (root / "0" / "results.json").write_text(json.dumps(results))
     assert len(find_runs([root])) == 4
     assert "0/results.json: regression episodes only (report compares accuracies)" in capsys.readouterr().err
+
+
+def make_kshot_run(directory, algo, per_set: dict[str, dict[str, float]], k_shot=16, dataset="lmbff/sst2"):
+    """A `metanlp eval protocol=kshot` directory: per task, each training set's accuracy."""
+    directory.mkdir(parents=True)
+    tasks = {
+        name: {
+            "metrics": ["accuracy"], "regression": False, "k_shot": [k_shot], "score_metric": "accuracy",
+            "training_sets": {seed: {"accuracy": value} for seed, value in sets.items()},
+            "score": {"mean": float(np.mean(list(sets.values())))},
+        }
+        for name, sets in per_set.items()
+    }  # fmt: skip
+    average = float(np.mean([task["score"]["mean"] for task in tasks.values()]))
+    results = {"protocol": "kshot", "seed": 0, "score": "first", "tasks": tasks, "average": average,
+               "split": "test", "dataset": dataset, "algo": algo, "backbone": "minilm"}  # fmt: skip
+    (directory / "results.json").write_text(json.dumps(results))
+    (directory / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "algo": {"name": algo}}))
+    return results
+
+
+def test_k_shot_runs_are_compared_per_task_and_training_set(tmp_path):
+    """A k-shot results.json is a run: its score the protocol's average, its paired units the (task,
+    training set) pairs, so two methods on the same training sets get a paired difference."""
+    frozen = {"sst2": {"13": 0.60, "21": 0.70, "42": 0.65}, "cr": {"13": 0.50, "21": 0.55, "42": 0.60}}
+    tuned = {"sst2": {"13": 0.70, "21": 0.75, "42": 0.80}, "cr": {"13": 0.60, "21": 0.60, "42": 0.65}}
+    make_kshot_run(tmp_path / "frozen", "protonet", frozen)
+    make_kshot_run(tmp_path / "tuned", "finetune", tuned)
+    runs = find_runs([tmp_path])
+    assert len(runs) == 2 and runs[0].task == runs[1].task
+    assert runs[0].task.name == "kshot lmbff/sst2 16-shot" and runs[0].task.episodes == 6
+    by_algo = {run.algo_backbone: run for run in runs}
+    # units sorted by task, then training set: cr 13, 21, 42, then sst2 13, 21, 42
+    assert by_algo["finetune/minilm"].episode_accuracies == [0.60, 0.60, 0.65, 0.70, 0.75, 0.80]
+    difference = paired_difference([by_algo["finetune/minilm"]], [by_algo["protonet/minilm"]])
+    gains = np.array([0.10, 0.05, 0.05, 0.10, 0.05, 0.15])
+    assert difference["mean"] == pytest.approx(gains.mean())
+    assert difference["ci95"] == pytest.approx(stats.t.ppf(0.975, 5) * gains.std(ddof=1) / math.sqrt(6))
+    report = write_report([tmp_path], tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert report.best(runs[0].task) == "finetune/minilm" and "kshot lmbff/sst2 16-shot" in text
+    assert "finetune/minilm better" in text
