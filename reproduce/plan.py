@@ -48,6 +48,7 @@ class Method:
     description: str
     overrides: tuple[str, ...] = ()
     baseline: bool = False  # the reference the others are paired against
+    peer: str | None = None  # run by reproduce/peers.py (outside metanlp) on the evaluation's tasks, not trained
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,16 @@ METRIC_LEARNERS = {
     "ridge": "ridge-regression head (R2D2, learned scale and penalty)",
 }
 
-# Adapting the whole encoder at test time: every layer trains, nothing is frozen or cached.
-WHOLE_ENCODER = ("backbone.encoder.trainable_layers=all", "backbone.encoder.attention=sdpa", "trainer.steps=0")
+# Adapting the whole encoder at test time: every layer trains, nothing is frozen or cached. Nothing is
+# meta-trained, so the train run's own validation and episodic test (each episode a fine-tuning) are
+# cut to 4 episodes: the table's score is the eval's protocol (ARSC's 12 targets, k-shot training sets).
+WHOLE_ENCODER = (
+    "backbone.encoder.trainable_layers=all",
+    "backbone.encoder.attention=sdpa",
+    "trainer.steps=0",
+    "trainer.val_episodes=4",
+    "protocol.episodes=4",
+)
 
 METHODS = {
     "frozen": Method(
@@ -92,6 +101,15 @@ METHODS = {
         baseline=True,
     ),
     "protonet": Method("protonet", "ProtoNet (cosine), {encoder} top layer meta-trained"),
+    "majority": Method(
+        "majority", "majority label: each task's most frequent test label, a constant (the floor)", peer="majority"
+    ),
+    "setfit_package": Method(
+        "setfit_package",
+        "SetFit, the `setfit` package 1.2 with its default training arguments, on the same all-MiniLM-L6-v2 "
+        "directory (no meta-training)",
+        peer="setfit",
+    ),
     "protonet_top": Method(
         "protonet_top", "ProtoNet (cosine), {encoder} top layer meta-trained", ("backbone.encoder.trainable_layers=1",)
     ),
@@ -240,7 +258,17 @@ BENCHMARKS = (
             )
             for method, value in (("Induction Networks", 85.63), ("ProtoNet", 68.17), ("MAML", 78.33))
         ),
-        methods=("frozen", "maml_head_frozen", "protonet", "finetune_encoder", "setfit", *METRIC_TOP, *METRIC_FROZEN),
+        methods=(
+            "frozen",
+            "majority",
+            "maml_head_frozen",
+            "protonet",
+            "finetune_encoder",
+            "setfit",
+            "setfit_package",
+            *METRIC_TOP,
+            *METRIC_FROZEN,
+        ),  # fmt: skip
         task_columns=False,
     ),
     Benchmark(
@@ -368,7 +396,7 @@ BENCHMARKS = (
             )
             for method, value in (("Induction Networks", 85.63), ("ProtoNet", 68.17), ("MAML", 78.33))
         ),
-        methods=("frozen", "linear_probe", "protonet"),
+        methods=("frozen", "majority", "linear_probe", "protonet", "setfit_package"),
         task_columns=False,
     ),
     Benchmark(

@@ -145,3 +145,33 @@ def test_rows_of_the_committed_results_json_are_kept_and_not_run_again(tmp_path,
         "differences": {"frozen": {"mean": 0.1, "ci95": 0.02}},
     }
     assert paired_difference(old_protonet_without_units, rerun) == {"mean": 0.1, "ci95": 0.02}
+
+
+def test_the_majority_peer_scores_each_arsc_target_by_its_most_frequent_test_label(tmp_path):
+    """The floor of the ARSC table: the 12 target test sets are 57-94% positive, 78.14 on average."""
+    from reproduce import peers
+    from tests.conftest import data_root
+
+    if data_root() is None:
+        pytest.skip("METANLP_DATA_ROOT is not set")
+    results = peers.run("majority", ["experiment=arsc", "protocol=arsc"], tmp_path)
+    assert len(results["tasks"]) == 12 and results["protocol"] == "arsc"
+    assert 100 * results["tasks"]["books.t2"]["score"]["mean"] == pytest.approx(94.0, abs=0.05)
+    assert 100 * results["tasks"]["electronics.t5"]["score"]["mean"] == pytest.approx(57.3, abs=0.05)
+    assert 100 * results["average"] == pytest.approx(78.14, abs=0.005)
+    assert json.loads((tmp_path / "results.json").read_text())["tasks"]["books.t2"]["k_shot"] == [5]
+
+
+def test_a_peer_that_is_not_installed_is_one_line_and_its_row_is_skipped_with_a_note(monkeypatch, tmp_path):
+    from metanlp_cli.errors import MetaNLPError
+    from reproduce import peers
+
+    monkeypatch.setattr(peers, "available", lambda: False)
+    with pytest.raises(MetaNLPError, match=r"^the setfit package is not installed .*\[peers\]"):
+        peers.run("setfit", ["experiment=arsc", "protocol=arsc"], tmp_path)
+    with pytest.raises(MetaNLPError, match="--peer 'nope' is not known; allowed: setfit, majority"):
+        peers.run("nope", [], tmp_path)
+    arsc = next(b for b in BENCHMARKS if b.name == "arsc")
+    setting = arsc.settings[0]
+    assert runner.score_run(arsc, setting, METHODS["setfit_package"], "cpu", tmp_path, True, {}) is None
+    assert "setfit_package: not run here, the setfit package is not installed" in "\n".join(benchmark_section(arsc, []))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -219,38 +220,62 @@ class KShotProtocol:
         for task in tqdm(tasks, desc=f"{self.name} tasks", leave=False, disable=not progress, dynamic_ncols=True):
             learner = self.adapt(algo, encoder, task)
             predictions = predict(learner, task.evaluation_inputs, self.batch_size, task.regression)
-            scores = task_scores(task.metrics, predictions.cpu().numpy(), task.evaluation_labels.cpu().numpy())
-            per_label = [] if task.regression else sorted(set(torch.bincount(task.support.labels).tolist()))
-            group = groups.setdefault(
-                task.group,
-                {
-                    "metrics": task.metrics,
-                    "regression": task.regression,
-                    "evaluation_split": task.evaluation_split,
-                    "evaluation_examples": len(task.evaluation_labels),
-                    "support_examples": [],
-                    **({} if task.regression else {"k_shot": []}),
-                    "training_sets": {},
-                },
-            )
-            # The sizes of the training sets (and examples per label): one value each, as a rule.
-            group["support_examples"] = sorted({*group["support_examples"], len(task.support)})
-            if not task.regression:
-                group["k_shot"] = sorted({*group["k_shot"], *per_label})
-            group["training_sets"][task.name] = scores
-        for group in groups.values():
-            runs = list(group["training_sets"].values())
-            group["scores"] = {name: mean_confidence_interval([run[name] for run in runs]) for name in runs[0]}
-            main = "combined" if self.main_score == "combined" and "combined" in runs[0] else group["metrics"][0]
-            group["score_metric"] = main
-            group["score"] = group["scores"][main]
+            labels = task.evaluation_labels.cpu().numpy()
+            scores = task_scores(task.metrics, predictions.cpu().numpy(), labels)
+            record_training_set(
+                groups, task.group, task.name, task.metrics, task.regression, task.evaluation_split, len(labels),
+                task.support.labels.tolist(), scores,
+            )  # fmt: skip
         return {
             "protocol": self.name,
             "seed": self.seed,
             "score": self.main_score,
-            "tasks": groups,
-            "average": sum(group["score"]["mean"] for group in groups.values()) / len(groups),
+            **summarise_groups(groups, self.main_score),
         }
+
+
+def record_training_set(
+    groups: dict[str, dict],
+    group: str,
+    name: str,
+    metrics: list[str],
+    regression: bool,
+    evaluation_split: str,
+    evaluation_examples: int,
+    support_labels: list,
+    scores: dict[str, float],
+) -> None:
+    """Add one training set's scores to its task's group (results.json's `tasks`), with the sizes of the
+    training sets (and examples per label): one value each, as a rule. A peer that adapts on the same
+    training sets (reproduce/peers.py) reports through here too, so its results pair with ours."""
+    entry = groups.setdefault(
+        group,
+        {
+            "metrics": metrics,
+            "regression": regression,
+            "evaluation_split": evaluation_split,
+            "evaluation_examples": evaluation_examples,
+            "support_examples": [],
+            **({} if regression else {"k_shot": []}),
+            "training_sets": {},
+        },
+    )
+    entry["support_examples"] = sorted({*entry["support_examples"], len(support_labels)})
+    if not regression:
+        entry["k_shot"] = sorted({*entry["k_shot"], *Counter(support_labels).values()})
+    entry["training_sets"][name] = scores
+
+
+def summarise_groups(groups: dict[str, dict], main_score: str) -> dict:
+    """Each task's metrics over its training sets (mean, std, CI), its main score, and the average of
+    the tasks' main scores: results.json's `tasks` and `average`."""
+    for group in groups.values():
+        runs = list(group["training_sets"].values())
+        group["scores"] = {name: mean_confidence_interval([run[name] for run in runs]) for name in runs[0]}
+        main = "combined" if main_score == "combined" and "combined" in runs[0] else group["metrics"][0]
+        group["score_metric"] = main
+        group["score"] = group["scores"][main]
+    return {"tasks": groups, "average": sum(group["score"]["mean"] for group in groups.values()) / len(groups)}
 
 
 def k_shot_rows(labels: Sequence[int] | Sequence[float], k_shot: int, regression: bool, seed: int) -> np.ndarray:

@@ -1,0 +1,153 @@
+"""Methods from outside metanlp, run on our training and test sets:
+
+- `setfit`: the alternative a user would try first, the `setfit` package (Tunstall et al. 2022) with its
+  default training arguments, on the same all-MiniLM-L6-v2 directory (`backbone=minilm`);
+- `majority`: a constant, each task's most frequent test label (with hindsight): the floor a method
+  must clear where the test sets are unbalanced (ARSC's are 57-94% positive).
+
+    python -m reproduce.peers --peer setfit|majority --out DIR OVERRIDE...
+
+The overrides compose a train config (the benchmark's preset, then its evaluation's overrides, e.g.
+`experiment=arsc protocol=arsc`), whose dataset and task protocol give the tasks and each task's
+training sets exactly as `metanlp eval` chooses them; DIR/results.json is written in the k-shot
+protocol's format (each task's training sets, mean and std over them, the average), so `make results`
+and `metanlp report` pair it with metanlp's methods set by set. Regression tasks and sentence pairs
+are left out with a note (SetFit classifies single texts); the package missing is one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from metanlp_cli.backbones.pretrained import resolve_model_path
+from metanlp_cli.components import load_dataset
+from metanlp_cli.compose import check_composition
+from metanlp_cli.config import build
+from metanlp_cli.data.types import TaskCollection
+from metanlp_cli.errors import MetaNLPError
+from metanlp_cli.metrics import task_scores
+from metanlp_cli.protocols.kshot import KShotProtocol, record_training_set, summarise_groups
+
+PACKAGE = "setfit"
+MISSING = f"the {PACKAGE} package is not installed (the peers extra: pip install 'metanlp_cli[peers]')"
+
+
+def available() -> bool:
+    return importlib.util.find_spec(PACKAGE) is not None
+
+
+def setfit_predictions(model_dir: str, texts: list[str], labels: list[int], evaluation: list[str], seed: int):
+    """Train SetFit with its default arguments on one training set; its predictions on `evaluation`."""
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    model = SetFitModel.from_pretrained(model_dir, local_files_only=True)
+    arguments = TrainingArguments(seed=seed, report_to="none", show_progress_bar=False)  # the defaults otherwise
+    trainer = Trainer(model=model, args=arguments, train_dataset=Dataset.from_dict({"text": texts, "label": labels}))
+    trainer.train()
+    return [int(p) for p in model.predict(evaluation, batch_size=64, show_progress_bar=False)]
+
+
+def majority_predictions(labels: list[int], evaluation_labels: list[int]) -> list[int]:
+    """The evaluation split's most frequent label for every example (ties: the smaller label)."""
+    counts = {label: evaluation_labels.count(label) for label in sorted(set(evaluation_labels))}
+    return [max(counts, key=counts.get)] * len(evaluation_labels)
+
+
+PEERS = {"setfit": "setfit (package)", "majority": "majority label"}
+
+
+def run(peer: str, overrides: list[str], out: Path, seed: int = 42) -> dict:
+    if peer not in PEERS:
+        raise MetaNLPError(f"peers: --peer {peer!r} is not known; allowed: {', '.join(PEERS)}")
+    if peer == "setfit" and not available():
+        raise MetaNLPError(MISSING)
+    cfg = check_composition("train", overrides)
+    # the protocol as `metanlp eval` builds it: its own group's config, not merged with the preset's episodic keys
+    protocol_overrides = [o for o in overrides if o.lstrip("+~").startswith("protocol")]
+    protocol = build(check_composition("train", protocol_overrides).protocol, "protocol")
+    if not isinstance(protocol, KShotProtocol):
+        raise MetaNLPError(f"peers: protocol={cfg.protocol._target_} is not a task protocol (kshot, arsc, glue_lowres)")
+    dataset = load_dataset(cfg)
+    if not isinstance(dataset, TaskCollection):
+        raise MetaNLPError(f"peers: {dataset.name} is a class split; give a task collection (e.g. dataset=lmbff/sst2)")
+    model_dir, _ = resolve_model_path("minilm", "peers")
+    groups, notes, started = {}, [], time.perf_counter()
+    for task in dataset.phase_tasks("test"):
+        if task.regression or task.is_pair:
+            notes.append(f"{task.name}: left out ({'regression' if task.regression else 'sentence pairs'})")
+            continue
+        split = next(s for s in protocol.evaluation_splits["test"] if task.split(s) is not None)
+        evaluation = task.split(split)
+        for name, rows in protocol.training_sets(task):
+            chosen = range(len(task.train.labels)) if rows is None else rows
+            texts, labels = [task.train.texts[i] for i in chosen], [int(task.train.labels[i]) for i in chosen]
+            print(f"   {peer}: {name} ({len(texts)} examples), scoring {len(evaluation.labels)}", flush=True)
+            if peer == "setfit":
+                predictions = setfit_predictions(model_dir, texts, labels, list(evaluation.texts), seed)
+            else:
+                predictions = majority_predictions(labels, [int(label) for label in evaluation.labels])
+            scores = task_scores(task.metrics, predictions, evaluation.labels)
+            record_training_set(
+                groups, task.group or task.name, name, task.metrics, False, split, len(evaluation.labels), labels,
+                scores,
+            )  # fmt: skip
+    if not groups:
+        raise MetaNLPError(f"peers: no task of {dataset.name} is single-text classification; " + "; ".join(notes))
+    results = {
+        "protocol": protocol.name,
+        "seed": protocol.seed,
+        "score": protocol.main_score,
+        **summarise_groups(groups, protocol.main_score),
+        "split": "test",
+        "dataset": overrides_choice(overrides, "dataset") or cfg.dataset.get("name", "?"),
+        "algo": PEERS[peer],
+        "backbone": "minilm" if peer == "setfit" else "none",
+        "peer": (
+            {"package": PACKAGE, "version": package_version(), "training_arguments": "defaults", "seed": seed}
+            if peer == "setfit"
+            else {"constant": "the most frequent label of each task's evaluation split"}
+        ),
+        "notes": notes,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def overrides_choice(overrides: list[str], group: str) -> str | None:
+    """The last `group=choice` among the overrides (the dataset a results.json names)."""
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{group}=")]
+    return chosen[-1] if chosen else None
+
+
+def package_version() -> str:
+    from importlib.metadata import version
+
+    return version(PACKAGE)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m reproduce.peers", description=__doc__.splitlines()[0])
+    parser.add_argument("--peer", choices=sorted(PEERS), default="setfit")
+    parser.add_argument("--out", type=Path, required=True, help="the run directory for results.json")
+    parser.add_argument("--seed", type=int, default=42, help="SetFit's seed (its default, 42)")
+    parser.add_argument("overrides", nargs="*", help="a train config's overrides: the preset, then the evaluation's")
+    options = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        results = run(options.peer, options.overrides, options.out, options.seed)
+    except MetaNLPError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"{PEERS[options.peer]}: average {100 * results['average']:.2f} -> {options.out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
