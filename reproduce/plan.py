@@ -101,6 +101,20 @@ METHODS = {
         baseline=True,
     ),
     "protonet": Method("protonet", "ProtoNet (cosine), {encoder} top layer meta-trained"),
+    "frozen_mean": Method(
+        "frozen_mean",
+        "frozen {encoder}, mean pooling over all tokens (no entity markers), nearest prototype, no training",
+        (
+            "backbone.encoder.trainable_layers=0",
+            "backbone.encoder.pooling=mean",
+            "backbone.tokenizer.special_tokens=null",
+        ),
+    ),
+    "protonet_mean": Method(
+        "protonet_mean",
+        "ProtoNet (cosine), {encoder} top layer meta-trained, mean pooling (no entity markers)",
+        ("backbone.encoder.pooling=mean", "backbone.tokenizer.special_tokens=null"),
+    ),
     "majority": Method(
         "majority", "majority label: each task's most frequent test label, a constant (the floor)", peer="majority"
     ),
@@ -227,7 +241,7 @@ BENCHMARKS = (
     ),
     Benchmark(
         "fewrel",
-        "FewRel 1.0 (val_wiki relations)",
+        "FewRel 1.0 (val_wiki relations), entity-start features",
         "5-way K-shot, 5 queries per class, 1,000 fixed test episodes on 5 held-out relations; accuracy",
         (Setting("1-shot", ("protocol.k_shot=1",)), Setting("5-shot", ("protocol.k_shot=5",))),
         tuple(
@@ -240,6 +254,11 @@ BENCHMARKS = (
                 "of the 16 val_wiki relations (no train_wiki offline)",
             )
             for setting, value in (("1-shot", 69.2), ("5-shot", 84.8))
+        ),
+        methods=("frozen", "frozen_mean", "protonet", "protonet_mean"),
+        notes=(
+            "The preset's features are entity-aware (`pooling=entity_start`: the states at the [E1] and [E2] "
+            "markers, special tokens of the tokenizer, concatenated); the `_mean` rows pool over all tokens.",
         ),
     ),
     Benchmark(

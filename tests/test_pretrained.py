@@ -443,3 +443,51 @@ def test_train_recipe_reads_frozen_features_from_the_cache_on_a_second_run(tiny_
         results.append(json.loads((tmp_path / run / "results.json").read_text())["episode_accuracies"])
     assert "features from cache: 3 of 3 splits" in caplog.text
     assert results[0] == results[1]
+
+
+MARKERS = ["[E1]", "[/E1]", "[E2]", "[/E2]"]
+
+
+def test_entity_start_pooling_concatenates_the_states_at_the_two_start_markers(tiny_bert):
+    """The markers are tokens of their own with rows after the vocabulary's (each the mean of its pieces'
+    rows); the features are the last hidden states at the first [E1] and [E2], cached or not."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = PretrainedTokenizer(tiny_bert, max_length=32, special_tokens=MARKERS)
+    assert tokenizer.vocab_size == VOCAB_SIZE + 4
+    texts = ["[E1] w1 [/E1] w2 w3 [E2] w4 [/E2]", "w5 [E2] w6 [/E2] w7 [E1] w8 [/E1] w9"]
+    packed = tokenizer.encode(texts)
+    encoder = PretrainedEncoder(tokenizer.vocab_size, tiny_bert, pooling="entity_start", special_tokens=MARKERS)
+    assert encoder.output_dim == 64 and encoder.entity_ids == (VOCAB_SIZE, VOCAB_SIZE + 2)
+
+    base = AutoTokenizer.from_pretrained(tiny_bert)
+    model = AutoModel.from_pretrained(tiny_bert).eval()
+    rows = encoder.model.get_input_embeddings().weight
+    pieces = base("[E2]", add_special_tokens=False)["input_ids"]
+    assert torch.allclose(rows[VOCAB_SIZE + 2], model.get_input_embeddings().weight[pieces].mean(0))
+    assert torch.equal(rows[:VOCAB_SIZE], model.get_input_embeddings().weight)
+
+    encoder.eval()
+    features = encoder(packed)
+    token_ids = unpack(packed, tokenizer.vocab_size)[0]
+    hidden = encoder.model(input_ids=token_ids, attention_mask=(packed > 0).long()).last_hidden_state
+    for row in range(2):
+        head = (token_ids[row] == VOCAB_SIZE).nonzero()[0, 0]
+        tail = (token_ids[row] == VOCAB_SIZE + 2).nonzero()[0, 0]
+        expected = torch.cat([hidden[row, head], hidden[row, tail]])  # normalize=False, the constructor's default
+        assert torch.allclose(features[row], expected, atol=1e-5)
+    assert head > tail  # the second text names the tail first: pooled by marker, not by order
+
+    top = PretrainedEncoder(
+        tokenizer.vocab_size, tiny_bert, pooling="entity_start", special_tokens=MARKERS, trainable_layers=1
+    ).eval()
+    cached = top.frozen_features(packed)
+    assert set(cached[..., -1].unique().tolist()) == {0.0, 1.0, 2.0, 3.0}  # padding, tokens, the two markers
+    assert torch.allclose(top(cached), top(packed), atol=1e-5)
+
+
+def test_entity_start_pooling_without_the_markers_is_one_line(tiny_bert):
+    with pytest.raises(ValueError, match=r"pooling=entity_start needs \[E1\] among backbone.tokenizer.special_tokens"):
+        PretrainedEncoder(VOCAB_SIZE, tiny_bert, pooling="entity_start")
+    with pytest.raises(MetaNLPError, match="'w1' is already in the vocabulary"):
+        PretrainedTokenizer(tiny_bert, special_tokens=["w1"])

@@ -11,7 +11,14 @@ put its output in place of the token ids; per episode the encoder then runs only
 - all layers frozen: the pooled features [rows, hidden] are cached; only the projection (if any) runs;
 - the top k layers train (BERT-style models, whose layers take `(hidden_states, attention_mask)`): the
   hidden states below them are cached as [rows, length, hidden + 1], the last channel the attention
-  mask; only the top k layers run per episode, and per inner-loop step.
+  mask (1 for a token, 0 for padding; with `pooling=entity_start`, 2 at the head entity's start marker
+  and 3 at the tail's); only the top k layers run per episode, and per inner-loop step.
+
+Entity-aware relation features (`pooling=entity_start`, Baldini Soares et al. 2019): the tokenizer's
+`special_tokens` ([E1], [/E1], [E2], [/E2], which the FewRel loader puts around the head and tail
+mention) become tokens of their own, with new embedding rows (each the mean of the rows of the pieces
+the model's tokenizer splits it into, so a frozen encoder tells them apart); the features are the
+hidden states at the first [E1] and the first [E2], concatenated ([CLS]'s where one was truncated away).
 Tokenizer and encoder live together here because the packing is theirs.
 """
 
@@ -89,10 +96,11 @@ class PretrainedTokenizer:
     A pair `(a, b)` is one sequence, `[CLS] a [SEP] b [SEP]` for BERT, with its segment ids.
     """
 
-    def __init__(self, name_or_path: str, max_length: int = 64) -> None:
+    def __init__(self, name_or_path: str, max_length: int = 64, special_tokens: Sequence[str] | None = None) -> None:
         if max_length < 2:
             raise ValueError(f"max_length={max_length} must be >= 2")
         self.name_or_path, self.max_length = name_or_path, max_length
+        self.special_tokens = list(special_tokens or [])
         self._load()
 
     def _load(self) -> None:
@@ -107,6 +115,7 @@ class PretrainedTokenizer:
                 f"{key}={self.name_or_path!r}: no tokenizer vocabulary found in {location} "
                 f"(tokenizer.json, vocab.txt, ...); save the tokenizer there with save_pretrained"
             )
+        add_special_tokens(self.tokenizer, self.special_tokens)
 
     @property
     def vocab_size(self) -> int:
@@ -144,13 +153,41 @@ class PretrainedTokenizer:
         return token_ids
 
     def state_dict(self) -> dict:
-        return {"name_or_path": self.name_or_path, "max_length": self.max_length}
+        return {"name_or_path": self.name_or_path, "max_length": self.max_length, "special_tokens": self.special_tokens}
 
     def load_state_dict(self, state: dict) -> None:
-        reload = state["name_or_path"] != self.name_or_path
-        self.name_or_path, self.max_length = state["name_or_path"], state["max_length"]
+        special_tokens = state.get("special_tokens", [])  # checkpoints written before special tokens: none
+        reload = state["name_or_path"] != self.name_or_path or special_tokens != self.special_tokens
+        self.name_or_path, self.max_length, self.special_tokens = (
+            state["name_or_path"],
+            state["max_length"],
+            special_tokens,
+        )
         if reload:
             self._load()
+
+
+def add_special_tokens(tokenizer, tokens: Sequence[str]) -> list[int]:
+    """Make `tokens` tokens of their own (never split, never lower-cased); their ids, in order, follow
+    the vocabulary's, as `PretrainedEncoder` expects."""
+    if not tokens:
+        return []
+    if len(set(tokens)) != len(tokens):
+        raise MetaNLPError(f"backbone.tokenizer.special_tokens={list(tokens)}: a token appears twice")
+    known = [token for token in tokens if token in tokenizer.get_vocab()]
+    if known:
+        raise MetaNLPError(f"backbone.tokenizer.special_tokens: {known[0]!r} is already in the vocabulary")
+    before = len(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)}, replace_extra_special_tokens=False)
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    if ids != list(range(before, before + len(tokens))):
+        raise MetaNLPError(f"backbone.tokenizer.special_tokens: got ids {ids}, expected {before}...")
+    return ids
+
+
+POOLINGS = ("mean", "cls", "entity_start")
+ENTITY_MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")  # what the FewRel loader writes around the mentions
+ENTITY_STARTS = ("[E1]", "[E2]")
 
 
 def _frozen_weight_names(encoder: PretrainedEncoder) -> list[str]:
@@ -195,10 +232,11 @@ class PretrainedEncoder(nn.Module):
         dropout: float | None = None,
         attention: str = "auto",
         feature_batch_size: int = 64,
+        special_tokens: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling={pooling!r} is not allowed; allowed: mean, cls")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r} is not allowed; allowed: {', '.join(POOLINGS)}")
         if attention not in ("auto", "eager", "sdpa"):
             raise ValueError(f"attention={attention!r} is not allowed; allowed: auto, eager, sdpa")
         if attention == "auto":  # nothing backpropagates through a frozen encoder's attention
@@ -214,6 +252,21 @@ class PretrainedEncoder(nn.Module):
         # pooling is over the last hidden states. Removed, it is no parameter the inner loop could select.
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None
+        self.special_tokens = list(special_tokens or [])
+        if self.special_tokens:  # the tokenizer's new tokens: new embedding rows, after the model's
+            self._add_token_rows(name_or_path, vocab_size)
+        if pooling == "entity_start":
+            missing = [t for t in ENTITY_STARTS if t not in self.special_tokens]
+            if missing:
+                raise ValueError(
+                    f"pooling=entity_start needs {missing[0]} among backbone.tokenizer.special_tokens "
+                    f"(e.g. {list(ENTITY_MARKERS)}); got {self.special_tokens}"
+                )
+        # ids of the head's and the tail's start markers (the pooled positions), -1 where not pooled by entity
+        self.entity_ids = tuple(
+            vocab_size - len(self.special_tokens) + self.special_tokens.index(t) if pooling == "entity_start" else -1
+            for t in ENTITY_STARTS
+        )
         embedding_rows = self.model.get_input_embeddings().num_embeddings
         if vocab_size > embedding_rows:
             raise ValueError(
@@ -228,12 +281,31 @@ class PretrainedEncoder(nn.Module):
         self.name_or_path, self.attention = name_or_path, attention
         self.feature_batch_size = feature_batch_size
         self._layers = self._find_layers()
-        hidden_size = self.model.config.hidden_size
+        hidden_size = self.model.config.hidden_size * (2 if pooling == "entity_start" else 1)
         self.projection = nn.Linear(hidden_size, output_dim) if output_dim else None
         self.output_dim = output_dim or hidden_size
         self._set_trainable(trainable_layers)
         self.register_state_dict_post_hook(_drop_frozen_weights)
         self.register_load_state_dict_pre_hook(_keep_frozen_weights)
+
+    def _add_token_rows(self, name_or_path: str, vocab_size: int) -> None:
+        """Embedding rows for the tokenizer's special tokens, each the mean of the rows of the pieces the
+        model's own tokenizer splits it into (deterministic: the same rows in every run)."""
+        from transformers import AutoTokenizer
+
+        base = from_pretrained(AutoTokenizer, name_or_path, "backbone.encoder.name_or_path", "tokenizer")
+        rows = self.model.get_input_embeddings().num_embeddings
+        if len(base) != rows or vocab_size != rows + len(self.special_tokens):
+            raise ValueError(
+                f"special tokens: the tokenizer has {vocab_size} ids, the model {rows} rows and its tokenizer "
+                f"{len(base)}; expected {rows} + {len(self.special_tokens)} new ones (give both the same name_or_path)"
+            )
+        pieces = [base(token, add_special_tokens=False)["input_ids"] for token in self.special_tokens]
+        self.model.resize_token_embeddings(vocab_size, mean_resizing=False)
+        with torch.no_grad():
+            table = self.model.get_input_embeddings().weight
+            for offset, ids in enumerate(pieces):
+                table[rows + offset] = table[ids].mean(0)
 
     def _find_layers(self) -> list[tuple[str, nn.Module]]:
         """The model's blocks bottom to top, named relative to it: its embeddings, then each layer of its
@@ -283,7 +355,16 @@ class PretrainedEncoder(nn.Module):
 
     def encode_tokens(self, packed: torch.Tensor) -> torch.Tensor:
         """Packed token ids [batch, length] -> pooled (and normalised) features [batch, hidden_size]."""
-        return self._pool(*self._hidden_states(packed, len(self._layers)))
+        hidden, mask = self._hidden_states(packed, len(self._layers))
+        return self._pool(hidden, mask, self._token_codes(packed, mask))
+
+    def _token_codes(self, packed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per position: 0 padding, 1 a token, 2 the head entity's start marker, 3 the tail's."""
+        token_ids = unpack(packed, self.vocab_size)[0]
+        codes = mask.long()
+        for code, entity_id in enumerate(self.entity_ids, start=2):
+            codes = torch.where(token_ids == entity_id, torch.full_like(codes, code), codes)
+        return codes
 
     def _hidden_states(self, packed: torch.Tensor, layers: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The output of the lowest `layers` layers (embeddings included) for packed ids, and the mask."""
@@ -310,8 +391,12 @@ class PretrainedEncoder(nn.Module):
             hidden = layer(hidden, attention_mask)
         return hidden
 
-    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "cls":
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "entity_start":  # the first start marker of each entity ([CLS] where there is none)
+            starts = [(codes == code).long().argmax(1) for code in (2, 3)]  # 0 when absent
+            rows = torch.arange(len(hidden), device=hidden.device)
+            pooled = torch.cat([hidden[rows, start] for start in starts], dim=-1)
+        elif self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
             weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -325,10 +410,11 @@ class PretrainedEncoder(nn.Module):
         elif inputs.dim() == 2 and self.frozen:  # pooled features of the frozen encoder
             features = inputs
         elif inputs.dim() == 3 and 0 < self.frozen_below < len(self._layers):
-            mask = inputs[..., -1] > 0  # hidden states below the trained layers, mask channel last
+            codes = inputs[..., -1].round().long()  # hidden states below the trained layers, token codes last
+            mask = codes > 0
             length = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
-            mask = mask[:, :length]
-            features = self._pool(self._top_layers(inputs[:, :length, :-1], mask), mask)
+            mask, codes = mask[:, :length], codes[:, :length]
+            features = self._pool(self._top_layers(inputs[:, :length, :-1], mask), mask, codes)
         else:
             raise RuntimeError(f"cached inputs of shape {tuple(inputs.shape)} do not fit this encoder's frozen part")
         return features if self.projection is None else self.projection(features)
@@ -352,6 +438,7 @@ class PretrainedEncoder(nn.Module):
             "frozen_weights": weights.hexdigest(),
             "attention": self.attention,
             "pooling": self.pooling,
+            **({"special_tokens": self.special_tokens} if self.special_tokens else {}),
             "normalize": self.normalize,
             "frozen": self.frozen,
             "frozen_below": self.frozen_below,
@@ -382,7 +469,8 @@ class PretrainedEncoder(nn.Module):
                 encoded = self.encode_tokens(packed[rows, :length])
             else:
                 hidden, mask = self._hidden_states(packed[rows, :length], self.frozen_below)
-                encoded = torch.cat([hidden, mask.unsqueeze(-1).to(hidden.dtype)], dim=-1)
+                codes = self._token_codes(packed[rows, :length], mask)
+                encoded = torch.cat([hidden, codes.unsqueeze(-1).to(hidden.dtype)], dim=-1)
             if start == 0:  # the longest rows come first: this batch has the split's length
                 features = encoded.new_zeros(len(packed), *encoded.shape[1:])
             if encoded.dim() == 3:
