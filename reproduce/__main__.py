@@ -379,6 +379,11 @@ def main() -> None:
     parser.add_argument("--output-root", default="outputs/results", type=Path)
     parser.add_argument("--report-only", action="store_true", help="write RESULTS.md from the runs on disk, run none")
     parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated method keys: run only these (the other rows come from disk or RESULTS.json)",
+    )
+    parser.add_argument(
         "--rerun", action="store_true", help="run the named benchmarks' rows even where RESULTS.json holds them"
     )
     args = parser.parse_args()
@@ -386,6 +391,9 @@ def main() -> None:
     unknown = [name for name in args.names if name not in known]
     if unknown:
         raise SystemExit(f"error: unknown benchmark {unknown[0]!r}; allowed: {', '.join(known)}")
+    methods = args.methods.split(",") if args.methods else None
+    if methods and (unknown := [key for key in methods if key not in METHODS]):
+        raise SystemExit(f"error: unknown method {unknown[0]!r}; allowed: {', '.join(METHODS)}")
     if not os.environ.get("METANLP_DATA_ROOT"):
         raise SystemExit("error: METANLP_DATA_ROOT is not set; point it at the benchmark data folder")
 
@@ -401,13 +409,14 @@ def main() -> None:
         execute = not args.report_only and (not args.names or benchmark.name in args.names)
         if execute:
             print(f"== {benchmark.name}", flush=True)
-        kept = {} if args.rerun and execute else committed
         benchmark_records = []
         for key in benchmark.methods:
             for setting in benchmark.settings:
                 try:
+                    run_it = execute and (methods is None or key in methods)
+                    kept = {} if args.rerun and run_it else committed  # --rerun: what RESULTS.json holds is redone
                     benchmark_records.append(
-                        score_run(benchmark, setting, METHODS[key], args.size, output_root, execute, kept)
+                        score_run(benchmark, setting, METHODS[key], args.size, output_root, run_it, kept)
                     )
                 except RunFailed as failure:
                     print(failure, flush=True)
