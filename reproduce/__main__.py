@@ -180,8 +180,14 @@ def published_counterpart(record: dict, column: str) -> float | None:
 
 
 def paired_difference(record: dict, baseline: dict) -> dict | None:
-    """The paired difference over the units both were scored on (test episodes, seeds or tasks); a
-    record committed before RESULTS.json kept its units has the difference to the baseline it had then."""
+    """The paired difference over the units both were scored on (test episodes, seeds or tasks; for a
+    mean over folds, the episodes of the folds both have); a record committed before RESULTS.json kept
+    its units has the difference to the baseline it had then."""
+    if "fold_units" in record and "fold_units" in baseline:
+        shared = sorted(record["fold_units"].keys() & baseline["fold_units"].keys())
+        if shared:
+            units = [[unit for fold in shared for unit in side["fold_units"][fold]] for side in (record, baseline)]
+            return stats.paired_difference(*units)
     if "tasks" in record and "tasks" in baseline and record["tasks"].keys() != baseline["tasks"].keys():
         shared = sorted(record["tasks"].keys() & baseline["tasks"].keys())  # a peer leaves some tasks out
         units = [[side["tasks"][task]["mean"] for task in shared] for side in (record, baseline)]
@@ -224,6 +230,47 @@ def wall_cell(records: list[dict]) -> str:
     return " / ".join("" if t is None else f"{t:.0f}" for t in times) if any(t is not None for t in times) else ""
 
 
+def columns_of(benchmark: Benchmark) -> list[str]:
+    """The table's settings: each setting, or for settings that are folds, the column they are folds of."""
+    return list(dict.fromkeys(s.fold_of or s.name for s in benchmark.settings))
+
+
+def fold_means(benchmark: Benchmark, records: list[dict]) -> list[dict]:
+    """For settings that are folds of one column: per method, a record of the mean over the folds that
+    have run (Student-t CI over the folds), the folds' test episodes kept for pairing."""
+    folds = {s.name: s.fold_of for s in benchmark.settings if s.fold_of}
+    total = {column: sum(1 for fold_of in folds.values() if fold_of == column) for column in set(folds.values())}
+    groups: dict[tuple[str, str], dict[str, dict]] = {}
+    for record in records:
+        if record["setting"] in folds:
+            groups.setdefault((record["method"], folds[record["setting"]]), {})[record["setting"]] = record
+    merged = []
+    for (method, column), by_fold in groups.items():
+        means = [r["score"]["mean"] for r in by_fold.values()]
+        score = stats.seed_confidence_interval(means) if len(means) > 1 else next(iter(by_fold.values()))["score"]
+        if len(by_fold) == total[column]:
+            cell = f"{stats.format_score(score)} ({len(by_fold)} folds)"
+        else:
+            ran = ", ".join(name.rsplit(" ", 1)[-1] for name in sorted(by_fold))
+            cell = f"{stats.format_score(score)} (fold{'s' * (len(by_fold) > 1)} {ran} of {total[column]})"
+        only = next(iter(by_fold.values())) if len(by_fold) == 1 else {}
+        times = [r.get("wall_seconds") for r in by_fold.values()]
+        merged.append(
+            {
+                "benchmark": benchmark.name,
+                "setting": column,
+                "method": method,
+                "score": score,
+                "cells": {column: cell},
+                "fold_units": {f: r["paired_units"] for f, r in by_fold.items() if r.get("paired_units") is not None},
+                **({"differences": only["differences"]} if "differences" in only else {}),
+                "wall_seconds": sum(times) if None not in times else None,
+                "folds": sorted(by_fold),
+            }
+        )
+    return merged
+
+
 def describe(benchmark: Benchmark, key: str) -> str:
     return METHODS[key].description.format(encoder=benchmark.encoder)
 
@@ -259,11 +306,11 @@ def headline(benchmark: Benchmark, by_key: dict, settings: list[str]) -> list[st
 
 
 def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
-    by_key = {(r["method"], r["setting"]): r for r in records}
-    settings = [s.name for s in benchmark.settings]
+    by_key = {(r["method"], r["setting"]): r for r in [*records, *fold_means(benchmark, records)]}
+    settings = columns_of(benchmark)
     task_table = any("average" in r["cells"] for r in records)  # GLUE-style: a column per task
     columns = list(dict.fromkeys(column for r in records for column in r["cells"])) if task_table else settings
-    cells = {(r["method"], column): value for r in records for column, value in r["cells"].items()}
+    cells = {(r["method"], column): value for r in by_key.values() for column, value in r["cells"].items()}
     reference_keys = references(benchmark)
     lines = [
         f"## {benchmark.title}",

@@ -175,3 +175,20 @@ def test_a_peer_that_is_not_installed_is_one_line_and_its_row_is_skipped_with_a_
     setting = arsc.settings[0]
     assert runner.score_run(arsc, setting, METHODS["setfit_package"], "cpu", tmp_path, True, {}) is None
     assert "setfit_package: not run here, the setfit package is not installed" in "\n".join(benchmark_section(arsc, []))
+
+
+def test_folds_are_one_column_the_mean_over_folds_paired_over_their_episodes():
+    banking = next(b for b in BENCHMARKS if b.name == "banking77_protaugment")
+    folds = [s.name for s in banking.settings if s.fold_of == "1-shot"]
+    assert folds == [f"1-shot fold {f}" for f in range(1, 6)]
+    frozen = [record("frozen", name, [0.5 + f / 100, 0.6]) for f, name in enumerate(folds)]
+    trained = [record("protonet", name, [0.6 + f / 100, 0.6]) for f, name in enumerate(folds[:3])]
+    merged = {r["method"]: r for r in runner.fold_means(banking, frozen + trained)}
+    means = [0.55 + f / 200 for f in range(5)]  # each fold: (0.5 + f / 100 + 0.6) / 2
+    assert merged["frozen"]["score"]["mean"] == pytest.approx(sum(means) / 5)
+    assert merged["frozen"]["cells"]["1-shot"].endswith("(5 folds)")
+    assert merged["protonet"]["cells"]["1-shot"].endswith("(folds 1, 2, 3 of 5)")
+    difference = paired_difference(merged["protonet"], merged["frozen"])  # the 3 shared folds' 6 episodes
+    assert difference["mean"] == pytest.approx(0.05) and difference["count"] == 6
+    text = "\n".join(benchmark_section(banking, frozen + trained))
+    assert "| 1-shot | 5-shot |" in text and "- 1-shot, protonet - frozen: +5.00" in text
