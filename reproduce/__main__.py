@@ -188,9 +188,13 @@ def paired_difference(record: dict, baseline: dict) -> dict | None:
         if shared:
             units = [[unit for fold in shared for unit in side["fold_units"][fold]] for side in (record, baseline)]
             return stats.paired_difference(*units)
-    if "tasks" in record and "tasks" in baseline and record["tasks"].keys() != baseline["tasks"].keys():
-        shared = sorted(record["tasks"].keys() & baseline["tasks"].keys())  # a peer leaves some tasks out
-        units = [[side["tasks"][task]["mean"] for task in shared] for side in (record, baseline)]
+    if record.get("training_sets") and baseline.get("training_sets"):  # task protocols: the same training sets
+        shared = sorted(
+            (task, name)
+            for task in record["training_sets"].keys() & baseline["training_sets"].keys()  # a peer may leave some out
+            for name in record["training_sets"][task].keys() & baseline["training_sets"][task].keys()
+        )
+        units = [[side["training_sets"][task][name] for task, name in shared] for side in (record, baseline)]
         return stats.paired_difference(*units) if shared else None
     if record.get("paired_units") is not None and baseline.get("paired_units") is not None:
         return stats.paired_difference(record["paired_units"], baseline["paired_units"])
@@ -363,7 +367,7 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
         "",
         "Each method against "
         + " and ".join(reference_keys)
-        + " (paired: the same test episodes, or tasks; Student-t 95% CI):",
+        + " (paired: the same test episodes, or the same training sets of the same tasks; Student-t 95% CI):",
         "",
     ]
     for reference in reference_keys:

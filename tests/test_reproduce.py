@@ -104,6 +104,8 @@ def test_a_k_shot_table_pairs_each_language_over_its_seeds_and_names_the_publish
     assert cells["eng_Latn"] == "+15.00 +/- 63.53"
     assert cells["yor_Latn"].startswith("-5.00 +/- ")
     assert cells["average"] == "+5.00"
+    overall = paired_difference(trained, frozen)  # over the 4 (language, seed) pairs: +0.1, +0.2, 0, -0.1
+    assert overall["mean"] == pytest.approx(0.05) and overall["count"] == 4
 
     benchmark = next(b for b in BENCHMARKS if b.name == "sib200_kshot")
     text = "\n".join(benchmark_section(benchmark, [frozen, trained]))
