@@ -275,14 +275,42 @@ def fold_means(benchmark: Benchmark, records: list[dict]) -> list[dict]:
     return merged
 
 
+def per_task_tables(benchmark: Benchmark, by_key: dict, settings: list[str]) -> list[str]:
+    """Where a column is the mean over several tasks (ARSC's 12 targets): each task's score per method."""
+    lines = []
+    for setting in settings:
+        records = {key: r for key in benchmark.methods if (r := by_key.get((key, setting))) and "tasks" in r}
+        tasks = sorted({task for r in records.values() for task in r["tasks"]})
+        if len(tasks) < 2:
+            continue
+        lines += [
+            "",
+            f"<details><summary>{setting}: each task</summary>",
+            "",
+            "| method | " + " | ".join(tasks) + " |",
+            "|---|" + "---|" * len(tasks),
+        ]
+        for key, record in records.items():
+            row = [f"{100 * record['tasks'][t]['mean']:.1f}" if t in record["tasks"] else "" for t in tasks]
+            lines.append(f"| {key} | " + " | ".join(row) + " |")
+        lines += ["", "</details>"]
+    return lines
+
+
 def describe(benchmark: Benchmark, key: str) -> str:
     return METHODS[key].description.format(encoder=benchmark.encoder)
 
 
 def references(benchmark: Benchmark) -> list[str]:
-    """What each method is paired against: the frozen baseline, and SetFit where the table has it."""
+    """What each method is paired against: the frozen baseline, then the peers the table has (the setfit
+    package, the majority-label constant)."""
     baseline = next(key for key in benchmark.methods if METHODS[key].baseline)
-    return [baseline, *(["setfit"] if "setfit" in benchmark.methods else [])]
+    return [baseline, *(key for key in ("setfit_package", "majority") if key in benchmark.methods)]
+
+
+def ours(benchmark: Benchmark) -> list[str]:
+    """metanlp's rows (the peers are not ours)."""
+    return [key for key in benchmark.methods if METHODS[key].peer is None]
 
 
 def headline(benchmark: Benchmark, by_key: dict, settings: list[str]) -> list[str]:
@@ -290,7 +318,7 @@ def headline(benchmark: Benchmark, by_key: dict, settings: list[str]) -> list[st
     the best published number."""
     parts = []
     for setting in settings:
-        scored = [(r["score"]["mean"], key) for key in benchmark.methods if (r := by_key.get((key, setting)))]
+        scored = [(r["score"]["mean"], key) for key in ours(benchmark) if (r := by_key.get((key, setting)))]
         if not scored:
             continue
         best_score, best = max(scored)
@@ -303,8 +331,8 @@ def headline(benchmark: Benchmark, by_key: dict, settings: list[str]) -> list[st
                 claims.append(f"{verdict(difference)} {reference} ({stats.format_score(difference, signed=True)})")
         published = [p.value for p in benchmark.published if p.setting == setting]
         if published:
-            ours = published_counterpart(by_key[(best, setting)], setting)
-            claims.append(f"{'above' if ours > max(published) else 'below'} the best published {max(published):.2f}")
+            value = published_counterpart(by_key[(best, setting)], setting)
+            claims.append(f"{'above' if value > max(published) else 'below'} the best published {max(published):.2f}")
         parts.append(f"{setting}: **{best}** ({100 * best_score:.2f})" + (f", {'; '.join(claims)}" if claims else ""))
     return [f"Best metanlp method: {'. '.join(parts)}.", ""] if parts else []
 
@@ -363,6 +391,8 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
                     + " | ".join(row)
                     + " | |"
                 )
+    if not task_table:
+        lines += per_task_tables(benchmark, by_key, settings)
     lines += [
         "",
         "Each method against "
@@ -387,11 +417,15 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
     if benchmark.published:
         lines += ["", "Against the published numbers:", ""]
     for published in benchmark.published:
-        ours = [(r["method"], value) for r in records if (value := published_counterpart(r, published.setting))]
-        if not ours:
+        mine = [
+            (r["method"], value)
+            for r in records
+            if METHODS[r["method"]].peer is None and (value := published_counterpart(r, published.setting))
+        ]
+        if not mine:
             lines.append(f"- {published.setting}, {published.method} {published.value:.2f}: not run")
             continue
-        best_method, value = max(ours, key=lambda item: item[1])
+        best_method, value = max(mine, key=lambda item: item[1])
         comparison = "higher" if value > published.value else "lower"
         lines.append(
             f"- {published.setting}: ours {value:.2f} ({best_method}) vs {published.method} {published.value:.2f}: "
