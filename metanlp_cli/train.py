@@ -131,7 +131,12 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     label_space = LabelSpace(cfg.sampler.n_way, len(splits["train"].class_names), regression)
     encoder = build_encoder(cfg, tokenizer.vocab_size)
     algo = build_algorithm(cfg, encoder, label_space).to(device)
-    splits, seconds = cache_frozen_features(encoder, splits, trainer.progress, cfg.paths.get("cache_dir"))
+    # Nothing meta-trains (no step, or every parameter frozen): the train split is never sampled, so its
+    # features are not computed (ARSC's 56,000 meta-training reviews would take a quarter of an hour).
+    meta_trains = trainer.steps > 0 and any(p.requires_grad for p in algo.parameters())
+    used = {name: split for name, split in splits.items() if meta_trains or name != "train"}
+    cached, seconds = cache_frozen_features(encoder, used, trainer.progress, cfg.paths.get("cache_dir"))
+    splits = {**splits, **cached}
     if seconds:
         log.info("frozen layers: their output for every example computed once, in %.2fs", seconds)
     sampler = build(cfg.sampler, "sampler", split=splits["train"], seed=trainer.seed)

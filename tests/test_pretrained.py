@@ -441,8 +441,18 @@ def test_train_recipe_reads_frozen_features_from_the_cache_on_a_second_run(tiny_
             caplog.clear()
             train.run(cfg, tmp_path / run, {"algo": "protonet", "backbone": "pretrained", "dataset": "chatterbot"})
         results.append(json.loads((tmp_path / run / "results.json").read_text())["episode_accuracies"])
-    assert "features from cache: 3 of 3 splits" in caplog.text
+    # a frozen ProtoNet has nothing to meta-train: the train split is never sampled, nor its features computed
+    assert "features from cache: 2 of 2 splits" in caplog.text
     assert results[0] == results[1]
+    trained = compose_config(
+        "train", [*overrides, "backbone.encoder.trainable_layers=1", f"paths.cache_dir={tmp_path / 'c2'}"]
+    )
+    for run in ("third", "fourth"):
+        (tmp_path / run).mkdir()
+        with caplog.at_level(logging.INFO, logger="metanlp_cli.data.cache"):
+            caplog.clear()
+            train.run(trained, tmp_path / run, {"algo": "protonet", "backbone": "pretrained", "dataset": "chatterbot"})
+    assert "features from cache: 3 of 3 splits" in caplog.text
 
 
 MARKERS = ["[E1]", "[/E1]", "[E2]", "[/E2]"]
