@@ -126,7 +126,7 @@ def record_of(
         "run_dir": str(results_dir),
         "command": shown_command(results_dir),
         "train_command": shown_command(run_dir),
-        "wall_seconds": wall_seconds(run_dir, results_dir),
+        "wall_seconds": wall_seconds(run_dir, results_dir) or results.get("wall_seconds"),  # a peer times itself
     }
     if "accuracy" in results:  # episodic: per-episode accuracies, paired across methods
         record["score"] = results["accuracy"]
