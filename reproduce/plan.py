@@ -329,8 +329,13 @@ BENCHMARKS = (
             "protonet_cnn_scratch",
             "maml_cnn_scratch",
             "induction_lstm_scratch",
-        ),  # fmt: skip
-        # fmt: skip
+        ),
+        notes=(
+            "The 12 target test sets are 57-94% positive while every support file is balanced (5 + 5): the "
+            "majority-label constant scores 78.14 on average, and a method counts only above it. Balanced "
+            "supports say nothing about a task's class prior; the published 85.63 (Induction Networks) is above "
+            "the constant, ours are not yet.",
+        ),
         task_columns=False,
     ),
     Benchmark(
