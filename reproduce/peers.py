@@ -27,7 +27,7 @@ from pathlib import Path
 
 from metanlp_cli.backbones.pretrained import resolve_model_path
 from metanlp_cli.components import load_dataset
-from metanlp_cli.compose import check_composition
+from metanlp_cli.compose import check_composition, config_search_path
 from metanlp_cli.config import build
 from metanlp_cli.data.types import TaskCollection
 from metanlp_cli.errors import MetaNLPError
@@ -106,7 +106,7 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42) -> dict:
         "score": protocol.main_score,
         **summarise_groups(groups, protocol.main_score),
         "split": "test",
-        "dataset": overrides_choice(overrides, "dataset") or cfg.dataset.get("name", "?"),
+        "dataset": dataset_choice(overrides),  # as `metanlp eval` names it, so `metanlp report` pairs the runs
         "algo": PEERS[peer],
         "backbone": "minilm" if peer == "setfit" else "none",
         "peer": (
@@ -122,10 +122,12 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42) -> dict:
     return results
 
 
-def overrides_choice(overrides: list[str], group: str) -> str | None:
-    """The last `group=choice` among the overrides (the dataset a results.json names)."""
-    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{group}=")]
-    return chosen[-1] if chosen else None
+def dataset_choice(overrides: list[str]) -> str:
+    """The dataset group's choice (`arsc`, `lmbff/sst2`), from the preset or the overrides."""
+    from hydra import compose
+
+    with config_search_path("train"):
+        return str(compose("train", overrides=overrides, return_hydra_config=True).hydra.runtime.choices.dataset)
 
 
 def package_version() -> str:

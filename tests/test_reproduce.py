@@ -159,7 +159,7 @@ def test_the_majority_peer_scores_each_arsc_target_by_its_most_frequent_test_lab
     if data_root() is None:
         pytest.skip("METANLP_DATA_ROOT is not set")
     results = peers.run("majority", ["experiment=arsc", "protocol=arsc"], tmp_path)
-    assert len(results["tasks"]) == 12 and results["protocol"] == "arsc"
+    assert len(results["tasks"]) == 12 and results["protocol"] == "arsc" and results["dataset"] == "arsc"
     assert 100 * results["tasks"]["books.t2"]["score"]["mean"] == pytest.approx(94.0, abs=0.05)
     assert 100 * results["tasks"]["electronics.t5"]["score"]["mean"] == pytest.approx(57.3, abs=0.05)
     assert 100 * results["average"] == pytest.approx(78.14, abs=0.005)
