@@ -402,8 +402,8 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
     ]
     for reference in reference_keys:
         for key in benchmark.methods:
-            if key in reference_keys[: reference_keys.index(reference) + 1]:
-                continue
+            if key == reference or (reference != reference_keys[0] and key in reference_keys):
+                continue  # a peer against the baseline, yes; the peers against each other, no
             for setting in settings:
                 if (key, setting) not in by_key or (reference, setting) not in by_key:
                     continue
