@@ -97,6 +97,7 @@ def score_run(
     if method.peer is not None:  # outside metanlp: on the evaluation's tasks and training sets, nothing trained
         if setting.evaluation is None or (method.peer == "setfit" and not peers.available()):
             return kept
+        run_dir = output_root / size / preset / method.key / setting.name  # a peer's run is per setting, not shared
         peer_overrides = [f"experiment={preset}", *setting.overrides, *setting.evaluation.overrides]
         command = [sys.executable, "-m", "reproduce.peers", "--peer", method.peer, "--out", str(run_dir)]
         if execute:
@@ -298,7 +299,7 @@ def per_task_tables(benchmark: Benchmark, by_key: dict, settings: list[str]) -> 
 
 
 def describe(benchmark: Benchmark, key: str) -> str:
-    return METHODS[key].description.format(encoder=benchmark.encoder)
+    return METHODS[key].description.format(encoder=benchmark.encoder, pooling=benchmark.pooling)
 
 
 def references(benchmark: Benchmark) -> list[str]:

@@ -64,6 +64,7 @@ class Benchmark:
     train_preset: str | None = None  # whose trained checkpoints to score (shared meta-training); None = name
     size_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per size, on top of SIZES
     encoder: str = "all-MiniLM-L6-v2"  # the pretrained encoder the method descriptions name
+    pooling: str = "mean pooling"  # how the preset pools the encoder's states (the descriptions say it)
     task_columns: bool = True  # task protocols: a column per task (False: one column per setting, the mean over tasks)
 
 
@@ -104,7 +105,7 @@ WHOLE_ENCODER = (
 METHODS = {
     "frozen": Method(
         "frozen",
-        "frozen {encoder} (mean pooling, L2-normalised), nearest prototype, no training",
+        "frozen {encoder} ({pooling}, L2-normalised), nearest prototype, no training",
         ("backbone.encoder.trainable_layers=0",),
         baseline=True,
     ),
@@ -236,6 +237,8 @@ PROTAUGMENT_FOLDS = tuple(
     for fold in range(1, 6)
 )
 
+ENTITY_START = "entity-start features: the states at the [E1] and [E2] markers, concatenated"
+
 BAO = "Bao et al. 2020, Few-shot Text Classification with Distributional Signatures (ICLR), Table 2"
 BAO_SAME = "identical protocol and class split; their model: fastText + distributional signatures, ours MiniLM"
 
@@ -295,6 +298,7 @@ BENCHMARKS = (
             for setting, value in (("1-shot", 69.2), ("5-shot", 84.8))
         ),
         methods=("frozen", "frozen_mean", "protonet", "protonet_mean"),
+        pooling=ENTITY_START,
         notes=(
             "The preset's features are entity-aware (`pooling=entity_start`: the states at the [E1] and [E2] "
             "markers, special tokens of the tokenizer, concatenated); the `_mean` rows pool over all tokens.",
@@ -503,5 +507,6 @@ BENCHMARKS = (
         "episodes on FewRel 2.0's PubMed relations (biomedical text, another domain); accuracy",
         (Setting("5-shot", ("protocol.k_shot=5",)),),
         methods=("frozen", "protonet"),
+        pooling=ENTITY_START,
     ),
 )
