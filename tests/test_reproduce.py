@@ -70,7 +70,7 @@ def test_the_report_pairs_episodes_and_says_which_side_of_the_published_number_w
 
     benchmark = next(b for b in BENCHMARKS if b.name == "huffpost_bao2020")  # published 43.0 (1-shot)
     text = "\n".join(benchmark_section(benchmark, [frozen, trained]))
-    frozen_row = METHODS["frozen"].description.format(encoder=benchmark.encoder)
+    frozen_row = runner.describe(benchmark, "frozen")
     assert "| metanlp: " + frozen_row + " | 65.00 | not run |  |" in text
     assert "- 1-shot, protonet - frozen: +8.75 +/- 3.98 points: protonet beats frozen" in text
     assert "Best metanlp method: 1-shot: **protonet** (73.75), beats frozen (+8.75 +/- 3.98); above the best" in text
