@@ -150,6 +150,11 @@ def read_run(results_path: Path) -> Run | None:
     except (ValueError, KeyError, TypeError) as error:
         print(f"note: skipping {results_path}: not a metanlp results.json ({error})", file=sys.stderr)
         return None
+    return _run(directory, results, task, accuracy["mean"], accuracy["ci95"], episode_accuracies)
+
+
+def _run(directory: Path, results: dict, task: Task, score: float, ci95: float, units: list[float]) -> Run:
+    """A run directory's Run: its method from results.json and config.yaml, its scores as given."""
     config = _read_yaml(directory / "config.yaml", {}) or {}
     return Run(
         path=directory,
@@ -158,9 +163,9 @@ def read_run(results_path: Path) -> Run | None:
         overrides=_read_yaml(directory / ".hydra" / "overrides.yaml", []) or [],
         task=task,
         seed=(config.get("trainer") or {}).get("seed", config.get("seed")),
-        accuracy=accuracy["mean"],
-        ci95=accuracy["ci95"],
-        episode_accuracies=episode_accuracies,
+        accuracy=score,
+        ci95=ci95,
+        episode_accuracies=units,
         curve=_curve(directory / "metrics.jsonl"),
     )
 
@@ -178,19 +183,8 @@ def _task_protocol_run(directory: Path, results: dict) -> Run:
         str(results["dataset"]), results["split"], 0, shots.pop() if len(shots) == 1 else 0, 0, len(units),
         results["seed"], results["protocol"],
     )  # fmt: skip
-    config = _read_yaml(directory / "config.yaml", {}) or {}
-    return Run(
-        path=directory,
-        algo_backbone=f"{results.get('algo')}/{results.get('backbone')}",
-        settings=_settings(config),
-        overrides=_read_yaml(directory / ".hydra" / "overrides.yaml", []) or [],
-        task=task,
-        seed=(config.get("trainer") or {}).get("seed", config.get("seed")),
-        accuracy=results["average"],
-        ci95=mean_confidence_interval(units)["ci95"] if len(units) > 1 else float("nan"),
-        episode_accuracies=units,
-        curve=_curve(directory / "metrics.jsonl"),
-    )
+    ci95 = mean_confidence_interval(units)["ci95"] if len(units) > 1 else float("nan")
+    return _run(directory, results, task, results["average"], ci95, units)
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
