@@ -401,8 +401,17 @@ BENCHMARKS = (
             for task in ("sst2", "cr", "mr")
         ),
         lmbff_published(sst2=81.4, cr=75.8, mr=76.9),
-        methods=("frozen", "linear_probe", "finetune_encoder", "setfit", "setfit_package", "protonet"),
-        # the metric learners have no regression path, and the glue_lowres meta-training has STS-B: not here
+        # Relation, Induction and metanet have no regression path, and the glue_lowres meta-training has STS-B
+        methods=(
+            "frozen",
+            "linear_probe",
+            "finetune_encoder",
+            "setfit",
+            "setfit_package",
+            "protonet",
+            "matching_frozen",
+            "ridge_frozen",
+        ),  # fmt: skip
         train_preset="glue_lowres",
         size_overrides=GLUE_BUDGET,
         task_columns=False,
