@@ -119,6 +119,16 @@ METHODS = {
             "backbone.tokenizer.special_tokens=null",
         ),
     ),
+    "frozen_start": Method(
+        "frozen_start",
+        "frozen {encoder}, the states at the [E1] and [E2] start markers (Baldini Soares et al.), nearest prototype",
+        ("backbone.encoder.trainable_layers=0", "backbone.encoder.pooling=entity_start"),
+    ),
+    "protonet_start": Method(
+        "protonet_start",
+        "ProtoNet (cosine), {encoder} top layer meta-trained, the states at the [E1] and [E2] start markers",
+        ("backbone.encoder.pooling=entity_start",),
+    ),
     "protonet_mean": Method(
         "protonet_mean",
         "ProtoNet (cosine), {encoder} top layer meta-trained, mean pooling (no entity markers)",
@@ -237,7 +247,7 @@ PROTAUGMENT_FOLDS = tuple(
     for fold in range(1, 6)
 )
 
-ENTITY_START = "entity-start features: the states at the [E1] and [E2] markers, concatenated"
+ENTITY_FEATURES = "entity features: the mean over each entity's marked span, the two concatenated"
 
 
 def lmbff_published(**values: float) -> tuple[Published, ...]:
@@ -313,11 +323,12 @@ BENCHMARKS = (
             )
             for setting, value in (("1-shot", 69.2), ("5-shot", 84.8))
         ),
-        methods=("frozen", "frozen_mean", "protonet", "protonet_mean"),
-        pooling=ENTITY_START,
+        methods=("frozen", "frozen_mean", "frozen_start", "protonet", "protonet_mean", "protonet_start"),
+        pooling=ENTITY_FEATURES,
         notes=(
-            "The preset's features are entity-aware (`pooling=entity_start`: the states at the [E1] and [E2] "
-            "markers, special tokens of the tokenizer, concatenated); the `_mean` rows pool over all tokens.",
+            "The preset's features are entity-aware (`pooling=entity_mean`: the mean over each entity's span, "
+            "[E1] ... [/E1] and [E2] ... [/E2], the markers special tokens of the tokenizer, concatenated); the "
+            "`_mean` rows pool over all tokens, the `_start` rows take the states at the two start markers.",
         ),
     ),
     Benchmark(
@@ -513,6 +524,6 @@ BENCHMARKS = (
         "episodes on FewRel 2.0's PubMed relations (biomedical text, another domain); accuracy",
         (Setting("5-shot", ("protocol.k_shot=5",)),),
         methods=("frozen", "protonet"),
-        pooling=ENTITY_START,
+        pooling=ENTITY_FEATURES,
     ),
 )

@@ -468,7 +468,8 @@ def test_entity_start_pooling_concatenates_the_states_at_the_two_start_markers(t
     texts = ["[E1] w1 [/E1] w2 w3 [E2] w4 [/E2]", "w5 [E2] w6 [/E2] w7 [E1] w8 [/E1] w9"]
     packed = tokenizer.encode(texts)
     encoder = PretrainedEncoder(tokenizer.vocab_size, tiny_bert, pooling="entity_start", special_tokens=MARKERS)
-    assert encoder.output_dim == 64 and encoder.entity_ids == (VOCAB_SIZE, VOCAB_SIZE + 2)
+    assert encoder.output_dim == 64
+    assert encoder.entity_ids == ((VOCAB_SIZE, VOCAB_SIZE + 1), (VOCAB_SIZE + 2, VOCAB_SIZE + 3))
 
     base = AutoTokenizer.from_pretrained(tiny_bert)
     model = AutoModel.from_pretrained(tiny_bert).eval()
@@ -488,11 +489,16 @@ def test_entity_start_pooling_concatenates_the_states_at_the_two_start_markers(t
         assert torch.allclose(features[row], expected, atol=1e-5)
     assert head > tail  # the second text names the tail first: pooled by marker, not by order
 
+    spans = PretrainedEncoder(tokenizer.vocab_size, tiny_bert, pooling="entity_mean", special_tokens=MARKERS).eval()
+    # "[E1] w1 [/E1] w2 w3 [E2] w4 [/E2]": [CLS] at 0, the head's span 1..3, the tail's 6..8
+    expected = torch.cat([hidden[0, 1:4].mean(0), hidden[0, 6:9].mean(0)])
+    assert torch.allclose(spans(packed)[0], expected, atol=1e-5)
+
     top = PretrainedEncoder(
         tokenizer.vocab_size, tiny_bert, pooling="entity_start", special_tokens=MARKERS, trainable_layers=1
     ).eval()
     cached = top.frozen_features(packed)
-    assert set(cached[..., -1].unique().tolist()) == {0.0, 1.0, 2.0, 3.0}  # padding, tokens, the two markers
+    assert set(cached[..., -1].unique().tolist()) == {0.0, 1.0, 2.0, 3.0}  # padding, tokens, the two entities' spans
     assert torch.allclose(top(cached), top(packed), atol=1e-5)
 
 

@@ -11,14 +11,15 @@ put its output in place of the token ids; per episode the encoder then runs only
 - all layers frozen: the pooled features [rows, hidden] are cached; only the projection (if any) runs;
 - the top k layers train (BERT-style models, whose layers take `(hidden_states, attention_mask)`): the
   hidden states below them are cached as [rows, length, hidden + 1], the last channel the attention
-  mask (1 for a token, 0 for padding; with `pooling=entity_start`, 2 at the head entity's start marker
-  and 3 at the tail's); only the top k layers run per episode, and per inner-loop step.
+  mask (1 for a token, 0 for padding; with `pooling=entity_start|entity_mean`, 2 on the head entity's
+  span, [E1] ... [/E1], and 3 on the tail's); only the top k layers run per episode, and per inner-loop step.
 
 Entity-aware relation features (`pooling=entity_start`, Baldini Soares et al. 2019): the tokenizer's
 `special_tokens` ([E1], [/E1], [E2], [/E2], which the FewRel loader puts around the head and tail
 mention) become tokens of their own, with new embedding rows (each the mean of the rows of the pieces
 the model's tokenizer splits it into, so a frozen encoder tells them apart); the features are the
-hidden states at the first [E1] and the first [E2], concatenated ([CLS]'s where one was truncated away).
+hidden states at the first [E1] and the first [E2], concatenated ([CLS]'s where one was truncated away);
+`pooling=entity_mean` averages each entity's span, markers included, instead.
 Tokenizer and encoder live together here because the packing is theirs.
 """
 
@@ -185,9 +186,11 @@ def add_special_tokens(tokenizer, tokens: Sequence[str]) -> list[int]:
     return ids
 
 
-POOLINGS = ("mean", "cls", "entity_start")
+POOLINGS = ("mean", "cls", "entity_start", "entity_mean")
+ENTITY_POOLINGS = ("entity_start", "entity_mean")
 ENTITY_MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")  # what the FewRel loader writes around the mentions
 ENTITY_STARTS = ("[E1]", "[E2]")
+ENTITY_SPANS = (("[E1]", "[/E1]"), ("[E2]", "[/E2]"))  # what entity_mean averages over, markers included
 
 
 def _frozen_weight_names(encoder: PretrainedEncoder) -> list[str]:
@@ -255,17 +258,18 @@ class PretrainedEncoder(nn.Module):
         self.special_tokens = list(special_tokens or [])
         if self.special_tokens:  # the tokenizer's new tokens: new embedding rows, after the model's
             self._add_token_rows(name_or_path, vocab_size)
-        if pooling == "entity_start":
-            missing = [t for t in ENTITY_STARTS if t not in self.special_tokens]
+        if pooling in ENTITY_POOLINGS:
+            missing = [t for t in ENTITY_MARKERS if t not in self.special_tokens]
             if missing:
                 raise ValueError(
-                    f"pooling=entity_start needs {missing[0]} among backbone.tokenizer.special_tokens "
+                    f"pooling={pooling} needs {missing[0]} among backbone.tokenizer.special_tokens "
                     f"(e.g. {list(ENTITY_MARKERS)}); got {self.special_tokens}"
                 )
-        # ids of the head's and the tail's start markers (the pooled positions), -1 where not pooled by entity
+        # ids of the head's and the tail's (start, end) markers, -1 where not pooled by entity
+        first_new = vocab_size - len(self.special_tokens)
         self.entity_ids = tuple(
-            vocab_size - len(self.special_tokens) + self.special_tokens.index(t) if pooling == "entity_start" else -1
-            for t in ENTITY_STARTS
+            tuple(first_new + self.special_tokens.index(t) if pooling in ENTITY_POOLINGS else -1 for t in span)
+            for span in ENTITY_SPANS
         )
         embedding_rows = self.model.get_input_embeddings().num_embeddings
         if vocab_size > embedding_rows:
@@ -281,7 +285,7 @@ class PretrainedEncoder(nn.Module):
         self.name_or_path, self.attention = name_or_path, attention
         self.feature_batch_size = feature_batch_size
         self._layers = self._find_layers()
-        hidden_size = self.model.config.hidden_size * (2 if pooling == "entity_start" else 1)
+        hidden_size = self.model.config.hidden_size * (2 if pooling in ENTITY_POOLINGS else 1)
         self.projection = nn.Linear(hidden_size, output_dim) if output_dim else None
         self.output_dim = output_dim or hidden_size
         self._set_trainable(trainable_layers)
@@ -359,11 +363,16 @@ class PretrainedEncoder(nn.Module):
         return self._pool(hidden, mask, self._token_codes(packed, mask))
 
     def _token_codes(self, packed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Per position: 0 padding, 1 a token, 2 the head entity's start marker, 3 the tail's."""
+        """Per position: 0 padding, 1 a token, 2 the head entity's span ([E1] ... [/E1], the markers included),
+        3 the tail's (the first of each)."""
         token_ids = unpack(packed, self.vocab_size)[0]
         codes = mask.long()
-        for code, entity_id in enumerate(self.entity_ids, start=2):
-            codes = torch.where(token_ids == entity_id, torch.full_like(codes, code), codes)
+        for code, (start_id, end_id) in enumerate(self.entity_ids, start=2):
+            started = (token_ids == start_id).long().cumsum(1) > 0  # at or after the first start marker
+            is_end = (token_ids == end_id).long()
+            ended_before = (is_end.cumsum(1) - is_end) > 0  # strictly after the first end marker
+            inside = started & ~ended_before
+            codes = torch.where(inside, torch.full_like(codes, code), codes)
         return codes
 
     def _hidden_states(self, packed: torch.Tensor, layers: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -396,6 +405,13 @@ class PretrainedEncoder(nn.Module):
             starts = [(codes == code).long().argmax(1) for code in (2, 3)]  # 0 when absent
             rows = torch.arange(len(hidden), device=hidden.device)
             pooled = torch.cat([hidden[rows, start] for start in starts], dim=-1)
+        elif self.pooling == "entity_mean":  # the mean over each entity's span ([CLS] where there is none)
+            spans = []
+            for code in (2, 3):
+                weights = (codes == code).unsqueeze(-1).to(hidden.dtype)
+                count = weights.sum(1)
+                spans.append(torch.where(count > 0, (hidden * weights).sum(1) / count.clamp(min=1), hidden[:, 0]))
+            pooled = torch.cat(spans, dim=-1)
         elif self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
