@@ -21,6 +21,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,13 +43,23 @@ def available() -> bool:
     return importlib.util.find_spec(PACKAGE) is not None
 
 
-def setfit_predictions(model_dir: str, texts: list[str], labels: list[int], evaluation: list[str], seed: int):
-    """Train SetFit with its default arguments on one training set; its predictions on `evaluation`."""
+def setfit_predictions(
+    model_dir: str, texts: list[str], labels: list[int], evaluation: list[str], seed: int, scratch: Path
+):
+    """Train SetFit with its default arguments on one training set; its predictions on `evaluation`.
+    What it writes (its trainer's output folder) goes under `scratch`, not into the working directory."""
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
     model = SetFitModel.from_pretrained(model_dir, local_files_only=True)
-    arguments = TrainingArguments(seed=seed, report_to="none", show_progress_bar=False)  # the defaults otherwise
+    arguments = TrainingArguments(  # the default training arguments; only where it writes and logs is set
+        seed=seed,
+        report_to="none",
+        show_progress_bar=False,
+        output_dir=str(scratch),
+        logging_dir=str(scratch / "logs"),
+        save_strategy="no",
+    )
     trainer = Trainer(model=model, args=arguments, train_dataset=Dataset.from_dict({"text": texts, "label": labels}))
     trainer.train()
     return [int(p) for p in model.predict(evaluation, batch_size=64, show_progress_bar=False)]
@@ -90,7 +101,9 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42) -> dict:
             texts, labels = [task.train.texts[i] for i in chosen], [int(task.train.labels[i]) for i in chosen]
             print(f"   {peer}: {name} ({len(texts)} examples), scoring {len(evaluation.labels)}", flush=True)
             if peer == "setfit":
-                predictions = setfit_predictions(model_dir, texts, labels, list(evaluation.texts), seed)
+                predictions = setfit_predictions(
+                    model_dir, texts, labels, list(evaluation.texts), seed, out / "setfit_trainer"
+                )
             else:
                 predictions = majority_predictions(labels, [int(label) for label in evaluation.labels])
             scores = task_scores(task.metrics, predictions, evaluation.labels)
@@ -98,6 +111,7 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42) -> dict:
                 groups, task.group or task.name, name, task.metrics, False, split, len(evaluation.labels), labels,
                 scores,
             )  # fmt: skip
+    shutil.rmtree(out / "setfit_trainer", ignore_errors=True)  # its trainer's scratch: nothing there is a result
     if not groups:
         raise MetaNLPError(f"peers: no task of {dataset.name} is single-text classification; " + "; ".join(notes))
     results = {
