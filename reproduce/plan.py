@@ -309,7 +309,7 @@ BENCHMARKS = (
     ),
     Benchmark(
         "fewrel",
-        "FewRel 1.0 (val_wiki relations), entity-start features",
+        "FewRel 1.0 (val_wiki relations), entity-span features",
         "5-way K-shot, 5 queries per class, 1,000 fixed test episodes on 5 held-out relations; accuracy",
         (Setting("1-shot", ("protocol.k_shot=1",)), Setting("5-shot", ("protocol.k_shot=5",))),
         tuple(
