@@ -455,14 +455,6 @@ def committed_records(size: str) -> dict[tuple[str, str, str], dict]:
     committed = json.loads(path.read_text())
     if committed.get("size") != size:
         return {}
-    first_folds = {
-        (b.name, s.fold_of): s.name for b in BENCHMARKS for s in b.settings if s.fold_of and s.name.endswith(" 1")
-    }
-    for record in committed["runs"]:  # a row committed before its benchmark had folds is its fold 1
-        renamed = first_folds.get((record["benchmark"], record["setting"]))
-        if renamed:
-            record["cells"] = {renamed: record["cells"].pop(record["setting"])}
-            record["setting"] = renamed
     return {(r["benchmark"], r["setting"], r["method"]): r for r in committed["runs"]}
 
 

@@ -365,8 +365,10 @@ class PretrainedEncoder(nn.Module):
     def _token_codes(self, packed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per position: 0 padding, 1 a token, 2 the head entity's span ([E1] ... [/E1], the markers included),
         3 the tail's (the first of each)."""
-        token_ids = unpack(packed, self.vocab_size)[0]
         codes = mask.long()
+        if self.pooling not in ENTITY_POOLINGS:  # every forward of every other encoder: nothing to scan for
+            return codes
+        token_ids = unpack(packed, self.vocab_size)[0]
         for code, (start_id, end_id) in enumerate(self.entity_ids, start=2):
             started = (token_ids == start_id).long().cumsum(1) > 0  # at or after the first start marker
             is_end = (token_ids == end_id).long()
