@@ -91,6 +91,10 @@ def _trim(token_ids: torch.Tensor) -> torch.Tensor:
     return token_ids[:, : max(used, min(5, token_ids.shape[1]))]
 
 
+CLASS_ORDERS = ("shuffled", "declared")
+QUERY_DISTRIBUTIONS = ("balanced", "natural")
+
+
 class EpisodeSampler:
     """Samples N classes, then K support and Q query examples of each, without overlap.
 
@@ -107,6 +111,15 @@ class EpisodeSampler:
     `n_way * k_shot` support and `n_way * q_query` query rows drawn from the task's rows without
     overlap, float targets as labels and no classes (`Batch.is_regression`); a small task's query
     is capped as above, in the same units (`n_way` examples per unit of `q_query`).
+
+    `class_order` and `query` say what an episode may teach about a task's labels. `shuffled` (the
+    default) gives the N sampled classes the local labels 0..N-1 in a random order, so a label's position
+    means nothing across episodes; `declared` keeps each task's classes in the order the task declares
+    them, so that where the tasks share their label semantics (ARSC's negative / positive) the position is
+    that label, as it is at test time, and a learner can carry a bias for it. `balanced` queries hold the
+    same number of each class; `natural` ones are `n_way * q_query` rows drawn from the chosen classes'
+    rows left after the support set, so they follow the task's own label distribution (ARSC's test files
+    are 57-94% positive) while the support set stays K per class.
     """
 
     def __init__(
@@ -118,8 +131,14 @@ class EpisodeSampler:
         seed: int = 0,
         task_weights: str = "uniform",
         task_alpha: float = 0.5,
+        class_order: str = "shuffled",
+        query: str = "balanced",
         key: str = "sampler",
     ) -> None:
+        if class_order not in CLASS_ORDERS:
+            raise MetaNLPError(f"{key}.class_order={class_order!r}; allowed: {', '.join(CLASS_ORDERS)}")
+        if query not in QUERY_DISTRIBUTIONS:
+            raise MetaNLPError(f"{key}.query={query!r}; allowed: {', '.join(QUERY_DISTRIBUTIONS)}")
         if task_weights not in TASK_WEIGHTS:
             raise MetaNLPError(f"{key}.task_weights={task_weights!r}; allowed: {', '.join(TASK_WEIGHTS)}")
         if task_alpha < 0:
@@ -133,6 +152,7 @@ class EpisodeSampler:
             )
         self.split = split
         self.n_way, self.k_shot, self.q_query, self.seed = n_way, k_shot, q_query, seed
+        self.class_order, self.query = class_order, query
         self.query_sizes = [self._query_size(task, key) for task in split.tasks]
         self.capped_query_sizes = {
             task.name: size for task, size in zip(split.tasks, self.query_sizes, strict=True) if size < q_query
@@ -190,6 +210,10 @@ class EpisodeSampler:
         task_classes, q_query = self.split.tasks[task].class_ids, self.query_sizes[task]
         n_way = min(self.n_way, len(task_classes))
         classes = task_classes[rng.choice(len(task_classes), size=n_way, replace=False)]
+        if self.class_order == "declared":
+            classes = np.sort(classes)  # a task's class ids follow its declared label order
+        if self.query == "natural":
+            return self._natural_episode(classes, n_way * q_query, rng)
         support_rows, query_rows = [], []
         for class_id in classes:
             rows = self.split.rows_by_class[class_id]
@@ -199,6 +223,28 @@ class EpisodeSampler:
         return Episode(
             support=self._batch(np.concatenate(support_rows), classes, self.k_shot),
             query=self._batch(np.concatenate(query_rows), classes, q_query),
+            class_names=tuple(self.split.class_names[c] for c in classes),
+        )
+
+    def _natural_episode(self, classes: np.ndarray, query_size: int, rng: np.random.Generator) -> Episode:
+        """K support rows per class, then `query_size` query rows drawn from all the classes' other rows."""
+        support_rows, rest, rest_labels = [], [], []
+        for local, class_id in enumerate(classes):
+            rows = self.split.rows_by_class[class_id]
+            order = rng.permutation(len(rows))
+            support_rows.append(rows[order[: self.k_shot]])
+            rest.append(rows[order[self.k_shot :]])
+            rest_labels.append(np.full(len(rows) - self.k_shot, local))
+        rest_rows, rest_local = np.concatenate(rest), np.concatenate(rest_labels)
+        picked = rng.choice(len(rest_rows), size=min(query_size, len(rest_rows)), replace=False)
+        query_index = torch.from_numpy(rest_rows[picked]).to(self.split.inputs.device)
+        return Episode(
+            support=self._batch(np.concatenate(support_rows), classes, self.k_shot),
+            query=Batch(
+                inputs=_trim(self.split.inputs[query_index]),
+                labels=torch.from_numpy(rest_local[picked]).to(query_index.device),
+                classes=torch.from_numpy(classes).to(query_index.device),
+            ),
             class_names=tuple(self.split.class_names[c] for c in classes),
         )
 

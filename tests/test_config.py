@@ -97,3 +97,11 @@ def test_eval_leaves_out_a_training_sampler_that_follows_a_replaced_protocol():
     drop_unresolvable_sampler(replaced)  # protocol=arsc has no k_shot
     assert "sampler" not in replaced
     OmegaConf.to_yaml(replaced, resolve=True)  # what eval writes now resolves
+
+
+def test_the_test_episodes_follow_the_meta_training_class_order_and_queries(compose_config):
+    cfg = compose_config("train", ["sampler.class_order=declared", "sampler.query=natural"])
+    assert (cfg.protocol.class_order, cfg.protocol.query) == ("declared", "natural")
+    old_run = OmegaConf.create({"sampler": {"n_way": 2, "k_shot": 5, "q_query": 5}})  # before the two keys existed
+    protocol = OmegaConf.merge(old_run, {"protocol": compose_config("train").protocol})
+    assert (protocol.protocol.class_order, protocol.protocol.query) == ("shuffled", "balanced")

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from metanlp_cli.data.types import EncodedSplit
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.sampling import EpisodeSampler, concatenate_inputs
 from tests.conftest import keyword_split
@@ -126,3 +127,48 @@ def test_concatenate_inputs_pads_token_ids_and_hidden_states_and_joins_features(
     assert joined.shape == (3, 4, 3) and joined[0, 2:].abs().sum() == 0 and torch.equal(joined[1:], hidden[1])
     features = [torch.randn(2, 4), torch.randn(3, 4)]
     assert torch.equal(concatenate_inputs(features), torch.cat(features))
+
+
+def imbalanced_split(negatives: int = 20, positives: int = 180):
+    """One binary task (negative, positive), 10% / 90% of its rows, as an ARSC threshold task's train file."""
+    labels = [0] * negatives + [1] * positives
+    inputs = torch.arange(1, len(labels) + 1).unsqueeze(1).repeat(1, 3)
+    return EncodedSplit.from_tensors("train", inputs, labels, ["negative", "positive"])
+
+
+def test_declared_class_order_gives_every_episode_the_tasks_label_order(split):
+    shuffled = EpisodeSampler(split, n_way=3, k_shot=1, q_query=1, seed=0)
+    declared = EpisodeSampler(split, n_way=3, k_shot=1, q_query=1, seed=0, class_order="declared")
+    for index in range(30):
+        a, b = shuffled.episode(index), declared.episode(index)
+        assert sorted(a.class_names) == list(b.class_names)  # the same classes, in the split's order
+        assert b.support.classes.tolist() == sorted(b.support.classes.tolist())
+    assert any(list(shuffled.episode(i).class_names) != sorted(shuffled.episode(i).class_names) for i in range(30))
+    binary = imbalanced_split()
+    for episode in EpisodeSampler(binary, n_way=2, k_shot=2, q_query=2, seed=1, class_order="declared").episodes(20):
+        assert episode.class_names == ("negative", "positive")
+
+
+def test_natural_queries_follow_the_tasks_label_mix_and_supports_stay_balanced():
+    split = imbalanced_split()
+    sampler = EpisodeSampler(split, n_way=2, k_shot=5, q_query=10, seed=0, class_order="declared", query="natural")
+    positives = []
+    for episode in sampler.episodes(300):
+        assert episode.support.labels.tolist() == [0] * 5 + [1] * 5
+        support, query = rows_of(episode.support, split), rows_of(episode.query, split)
+        assert len(query) == 20 and len(set(query)) == 20 and not set(support) & set(query)
+        for batch, rows in ((episode.support, support), (episode.query, query)):  # each local label is its class
+            assert torch.equal(split.labels[rows], batch.classes[batch.labels])
+        positives.append(episode.query.labels.float().mean().item())
+    # the rows left after a support set are 15 negative and 175 positive: a query row is positive with p = 175/190
+    expected, std = 175 / 190, np.sqrt(175 / 190 * 15 / 190 / (300 * 20))
+    assert abs(np.mean(positives) - expected) < 4 * std, (np.mean(positives), expected)
+    balanced = EpisodeSampler(split, n_way=2, k_shot=5, q_query=10, seed=0, class_order="declared")
+    assert all(e.query.labels.float().mean().item() == 0.5 for e in balanced.episodes(20))
+
+
+def test_unknown_class_order_or_query_distribution_is_a_clear_error(split):
+    with pytest.raises(MetaNLPError, match=r"sampler.class_order='sorted'; allowed: shuffled, declared"):
+        EpisodeSampler(split, class_order="sorted")
+    with pytest.raises(MetaNLPError, match=r"protocol.query='prior'; allowed: balanced, natural"):
+        EpisodeSampler(split, query="prior", key="protocol")

@@ -120,6 +120,8 @@ class EpisodicProtocol:
         episodes: int = 600,
         seed: int = 2024,
         folds: list[int] | None = None,
+        class_order: str = "shuffled",
+        query: str = "balanced",
     ) -> None:
         if folds is not None and (not folds or len(set(folds)) < len(folds)):
             raise MetaNLPError(
@@ -129,9 +131,19 @@ class EpisodicProtocol:
             raise MetaNLPError(f"protocol.episodes={episodes} must be >= 1 (the number of test episodes)")
         self.n_way, self.k_shot, self.q_query = n_way, k_shot, q_query
         self.num_episodes, self.seed, self.folds = episodes, seed, folds
+        self.class_order, self.query = class_order, query
 
     def sampler(self, split: EncodedSplit) -> EpisodeSampler:
-        return EpisodeSampler(split, self.n_way, self.k_shot, self.q_query, seed=self.seed, key="protocol")
+        return EpisodeSampler(
+            split,
+            self.n_way,
+            self.k_shot,
+            self.q_query,
+            seed=self.seed,
+            class_order=self.class_order,
+            query=self.query,
+            key="protocol",
+        )
 
     def episodes(self, split: EncodedSplit, count: int | None = None) -> list[Episode]:
         return self.sampler(split).episodes(self.num_episodes if count is None else count)
@@ -172,6 +184,8 @@ class EpisodicProtocol:
             "seed": self.seed,
             **scores_by_metric(episodes, scores),
         }
+        if (self.class_order, self.query) != ("shuffled", "balanced"):
+            results["class_order"], results["query"] = self.class_order, self.query
         if sampler.capped_query_sizes:
             results["q_query_per_task"] = sampler.capped_query_sizes  # tasks whose classes cannot hold q_query
         return results
