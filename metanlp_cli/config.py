@@ -195,8 +195,12 @@ class TrainerConfig:
     seed: int = 0
     progress: bool = True
     distributed: bool = False  # under torchrun: share each meta-batch among the processes
+    # The outer step size of the encoder's trained parameters; null: optim.lr for every parameter.
+    encoder_lr: float | None = None  # noqa: UP007 (OmegaConf needs Optional)
 
     def __post_init__(self) -> None:
+        if self.encoder_lr is not None and not self.encoder_lr > 0:
+            raise MetaNLPError(f"trainer.encoder_lr={self.encoder_lr}; allowed: null (optim.lr) or a number > 0")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise MetaNLPError(f"trainer.device={self.device!r} is not allowed; allowed: auto, cpu, cuda")
         if self.steps < 0:  # 0: no meta-training, the model is validated and tested as initialised

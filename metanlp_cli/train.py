@@ -54,11 +54,24 @@ REGRESSION_HINT = (
 )
 
 
-def outer_optimizer(algo: Algorithm, cfg: DictConfig) -> torch.optim.Optimizer | None:
+def outer_optimizer(
+    algo: Algorithm, cfg: DictConfig, encoder: torch.nn.Module, encoder_lr: float | None = None
+) -> torch.optim.Optimizer | None:
     """The meta-optimizer (`optim=`, a torch.optim class) over the trainable parameters; None when every
-    parameter is frozen."""
+    parameter is frozen. With `encoder_lr` (trainer.encoder_lr) the encoder's trained parameters take
+    that step size and the rest (a head, a metric module) optim.lr: a pretrained layer wants ~3e-5, a
+    new head ~1e-2."""
     parameters = [p for p in algo.parameters() if p.requires_grad]
-    return build(cfg.optim, "optim", params=parameters) if parameters else None
+    if not parameters:
+        return None
+    if encoder_lr is None:
+        return build(cfg.optim, "optim", params=parameters)
+    in_encoder = {id(p) for p in encoder.parameters()}
+    groups = [
+        {"params": [p for p in parameters if id(p) in in_encoder], "lr": encoder_lr},
+        {"params": [p for p in parameters if id(p) not in in_encoder]},
+    ]
+    return build(cfg.optim, "optim", params=[group for group in groups if group["params"]])
 
 
 def validate_and_checkpoint(
@@ -148,7 +161,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     for name in ("val", "test"):  # fail now, not after training, if a split cannot hold the protocol's episodes
         protocol.sampler(splits[name])
     val_name = score_name(protocol.episodes(splits["val"], trainer.val_episodes))  # accuracy; pearson; score (mixed)
-    optimizer = outer_optimizer(algo, cfg)
+    optimizer = outer_optimizer(algo, cfg, encoder, trainer.encoder_lr)
     steps = trainer.steps if optimizer else 0
     start_step, best_val = restore_training_state(cfg.get("resume"), algo, optimizer)
     ranks.broadcast_state(algo)

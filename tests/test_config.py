@@ -105,3 +105,32 @@ def test_the_test_episodes_follow_the_meta_training_class_order_and_queries(comp
     old_run = OmegaConf.create({"sampler": {"n_way": 2, "k_shot": 5, "q_query": 5}})  # before the two keys existed
     protocol = OmegaConf.merge(old_run, {"protocol": compose_config("train").protocol})
     assert (protocol.protocol.class_order, protocol.protocol.query) == ("shuffled", "balanced")
+
+
+def test_encoder_lr_gives_the_encoder_its_own_outer_step_size(compose_config):
+    from metanlp_cli.algorithms.base import LabelSpace
+    from metanlp_cli.algorithms.maml import MAML
+    from metanlp_cli.backbones.cnn import WordCNN
+    from metanlp_cli.train import outer_optimizer
+
+    cfg = compose_config("train", ["optim.lr=0.01"])
+    encoder = WordCNN(50, embedding_dim=8, filter_sizes=[2], num_filters=4)
+    algo = MAML(encoder, LabelSpace(2, 4))
+    assert len(outer_optimizer(algo, cfg, encoder).param_groups) == 1  # null: optim.lr for every parameter
+    optimizer = outer_optimizer(algo, cfg, encoder, encoder_lr=1e-4)
+    assert [group["lr"] for group in optimizer.param_groups] == [1e-4, 0.01]
+    assert {id(p) for p in optimizer.param_groups[0]["params"]} == {id(p) for p in encoder.parameters()}
+    before = {name: p.detach().clone() for name, p in algo.named_parameters()}
+    for p in algo.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()  # Adam's first step moves every weight by its lr (times sign of the gradient)
+    for name, p in algo.named_parameters():
+        lr = 1e-4 if ".encoder." in f".{name}" else 0.01
+        torch.testing.assert_close(before[name] - p.detach(), torch.full_like(p, lr), rtol=1e-3, atol=1e-7)
+
+
+def test_a_bad_encoder_lr_is_a_clear_error():
+    from metanlp_cli.config import TrainerConfig, validate
+
+    with pytest.raises(MetaNLPError, match=r"trainer.encoder_lr=0.0; allowed: null \(optim.lr\) or a number > 0"):
+        validate(OmegaConf.create({"encoder_lr": 0.0}), TrainerConfig, "trainer")
