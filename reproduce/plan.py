@@ -456,7 +456,7 @@ BENCHMARKS = (
                 "BERT-base fine-tuned",
                 task,
                 value,
-                "GLUE dev scores of a fine-tuned BERT-base, as issue #17 quotes them (CoLA MCC, MRPC F1, STS-B Pearson)",
+                "GLUE dev scores of a fine-tuned BERT-base as issue #17 quotes them (CoLA MCC, MRPC F1, STS-B Pearson)",
                 "the same dev splits; BERT-base (110M) fine-tuned for epochs on each whole train split, ours "
                 "MiniLM-L6 (22.7M) and one pass",
             )
