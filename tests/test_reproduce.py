@@ -42,7 +42,7 @@ def test_every_planned_run_composes_and_builds_its_protocol(benchmark, size, com
             cfg = compose_config("train", overrides)
             budget = [o for o in (*SIZES[size], *METHODS[key].overrides) if o.startswith("trainer.steps=")]
             assert cfg.trainer.steps == int(budget[-1].split("=")[1])  # the method's own budget wins
-            no_meta_training = key in ("linear_probe", "finetune_encoder", "setfit")
+            no_meta_training = key in ("linear_probe", "finetune_encoder", "finetune_encoder_1epoch", "setfit")
             assert (cfg.trainer.steps == 0) == no_meta_training
             build(cfg.protocol, "protocol")
             check_arguments(cfg.algo, "algo", {"encoder", "label_space"})
