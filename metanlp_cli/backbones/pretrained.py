@@ -189,7 +189,6 @@ def add_special_tokens(tokenizer, tokens: Sequence[str]) -> list[int]:
 POOLINGS = ("mean", "cls", "entity_start", "entity_mean")
 ENTITY_POOLINGS = ("entity_start", "entity_mean")
 ENTITY_MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")  # what the FewRel loader writes around the mentions
-ENTITY_STARTS = ("[E1]", "[E2]")
 ENTITY_SPANS = (("[E1]", "[/E1]"), ("[E2]", "[/E2]"))  # what entity_mean averages over, markers included
 
 
