@@ -68,7 +68,7 @@ def build_pretrained_workload(workload: PretrainedWorkload, seed: int = 0):
     vocab_size = PretrainedTokenizer(workload.name_or_path).vocab_size
     encoder = build_encoder(cfg, vocab_size)
     algo = build_algorithm(cfg, encoder, LabelSpace(shape.n_way, NUM_TRAIN_CLASSES))
-    optimizer = outer_optimizer(algo, cfg, encoder, cfg.trainer.get("encoder_lr"))
+    optimizer = outer_optimizer(algo, cfg, encoder)
 
     def cached(batch: Batch) -> Batch:  # synthetic ids 1..vocab-1 are packed ids of segment 0, no padding
         return Batch(encoder.frozen_features(batch.inputs), batch.labels, batch.classes)

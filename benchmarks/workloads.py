@@ -109,7 +109,7 @@ def build_workload(workload: Workload, seed: int = 0) -> tuple[Algorithm, torch.
     torch.manual_seed(seed)
     encoder = build_encoder(cfg, workload.vocab)
     algo = build_algorithm(cfg, encoder, LabelSpace(workload.n_way, NUM_TRAIN_CLASSES))
-    optimizer = outer_optimizer(algo, cfg, encoder, cfg.trainer.get("encoder_lr"))
+    optimizer = outer_optimizer(algo, cfg, encoder)
     episodes = synthetic_episodes(workload, 2 * workload.meta_batch, seed)
     return algo, optimizer, [episodes[: workload.meta_batch], episodes[workload.meta_batch :]]
 

@@ -237,14 +237,9 @@ class EpisodeSampler:
             rest_labels.append(np.full(len(rows) - self.k_shot, local))
         rest_rows, rest_local = np.concatenate(rest), np.concatenate(rest_labels)
         picked = rng.choice(len(rest_rows), size=min(query_size, len(rest_rows)), replace=False)
-        query_index = torch.from_numpy(rest_rows[picked]).to(self.split.inputs.device)
         return Episode(
             support=self._batch(np.concatenate(support_rows), classes, self.k_shot),
-            query=Batch(
-                inputs=_trim(self.split.inputs[query_index]),
-                labels=torch.from_numpy(rest_local[picked]).to(query_index.device),
-                classes=torch.from_numpy(classes).to(query_index.device),
-            ),
+            query=self._batch(rest_rows[picked], classes, labels=rest_local[picked]),
             class_names=tuple(self.split.class_names[c] for c in classes),
         )
 
@@ -266,9 +261,12 @@ class EpisodeSampler:
             classes=torch.zeros(0, dtype=torch.int64, device=index.device),
         )
 
-    def _batch(self, rows: np.ndarray, classes: np.ndarray, per_class: int) -> Batch:
+    def _batch(
+        self, rows: np.ndarray, classes: np.ndarray, per_class: int = 0, labels: np.ndarray | None = None
+    ) -> Batch:
+        """The rows as a batch: `per_class` rows of each class in turn, or each row's local label in `labels`."""
         index = torch.from_numpy(rows).to(self.split.inputs.device)
-        local = torch.arange(len(classes)).repeat_interleave(per_class)
+        local = torch.arange(len(classes)).repeat_interleave(per_class) if labels is None else torch.from_numpy(labels)
         return Batch(
             inputs=_trim(self.split.inputs[index]),
             labels=local.to(index.device),

@@ -54,16 +54,14 @@ REGRESSION_HINT = (
 )
 
 
-def outer_optimizer(
-    algo: Algorithm, cfg: DictConfig, encoder: torch.nn.Module, encoder_lr: float | None = None
-) -> torch.optim.Optimizer | None:
+def outer_optimizer(algo: Algorithm, cfg: DictConfig, encoder: torch.nn.Module) -> torch.optim.Optimizer | None:
     """The meta-optimizer (`optim=`, a torch.optim class) over the trainable parameters; None when every
-    parameter is frozen. With `encoder_lr` (trainer.encoder_lr) the encoder's trained parameters take
-    that step size and the rest (a head, a metric module) optim.lr: a pretrained layer wants ~3e-5, a
-    new head ~1e-2."""
+    parameter is frozen. With `trainer.encoder_lr` the encoder's trained parameters take that step size
+    and the rest (a head, a metric module) optim.lr: a pretrained layer wants ~3e-5, a new head ~1e-2."""
     parameters = [p for p in algo.parameters() if p.requires_grad]
     if not parameters:
         return None
+    encoder_lr = cfg.trainer.get("encoder_lr")
     if encoder_lr is None:
         return build(cfg.optim, "optim", params=parameters)
     in_encoder = {id(p) for p in encoder.parameters()}
@@ -161,7 +159,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str]) -> float:
     for name in ("val", "test"):  # fail now, not after training, if a split cannot hold the protocol's episodes
         protocol.sampler(splits[name])
     val_name = score_name(protocol.episodes(splits["val"], trainer.val_episodes))  # accuracy; pearson; score (mixed)
-    optimizer = outer_optimizer(algo, cfg, encoder, trainer.encoder_lr)
+    optimizer = outer_optimizer(algo, cfg, encoder)
     steps = trainer.steps if optimizer else 0
     start_step, best_val = restore_training_state(cfg.get("resume"), algo, optimizer)
     ranks.broadcast_state(algo)

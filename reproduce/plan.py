@@ -68,31 +68,26 @@ class Benchmark:
     task_columns: bool = True  # task protocols: a column per task (False: one column per setting, the mean over tasks)
 
 
+# Where a metric learner's steps go, by (frozen encoder, the preset's step for everything).
+METRIC_STEPS = {
+    (True, False): "over the frozen {encoder} (its own module meta-trained, step 1e-3)",
+    (False, False): "{encoder} top layer meta-trained (step 3e-5; its own module 1e-3)",
+    (True, True): "over the frozen {encoder} (its own module meta-trained at the preset's step, 3e-5)",
+    (False, True): "{encoder} top layer and its own module meta-trained at the preset's step, 3e-5",
+}
+
+
 def metric_method(key: str, name: str, frozen: bool, preset_step: bool = False) -> Method:
     """One of the metric-based meta-learners of the methods issue, over the frozen encoder (only its own
     module meta-trained) or with the encoder's top layer meta-trained too. Its own module steps at 1e-3
-    (trainer.encoder_lr keeps a trained layer at 3e-5); `preset_step`: at the preset's optim.lr (3e-5),
-    as the rows before this option were run. Which step wins differs per benchmark (ARSC's Induction
+    (trainer.encoder_lr keeps a trained layer at 3e-5); `preset_step`: everything at the preset's optim.lr
+    (3e-5), as the rows before this option were run. Which step wins differs per benchmark (ARSC's Induction
     over frozen MiniLM: 1e-3; HuffPost's: 3e-5), so the tables show both."""
-    if preset_step and frozen:
-        where = "over the frozen {encoder} (its own module meta-trained at the preset's step, 3e-5)"
-        return Method(f"{key}_frozen_lr3e-5", f"{name}, {where}", (f"algo={key}", "~algo.distance",
-                      "backbone.encoder.trainable_layers=0"))  # fmt: skip
-    if preset_step:
-        where = "{encoder} top layer and its own module meta-trained at the preset's step, 3e-5"
-        return Method(f"{key}_lr3e-5", f"{name}, {where}", (f"algo={key}", "~algo.distance"))
-    where = (
-        "over the frozen {encoder} (its own module meta-trained, step 1e-3)"
-        if frozen
-        else "{encoder} top layer meta-trained (step 3e-5; its own module 1e-3)"
-    )
-    overrides = (
-        f"algo={key}",
-        "~algo.distance",
-        "optim.lr=1e-3",
-        "backbone.encoder.trainable_layers=0" if frozen else "trainer.encoder_lr=3e-5",
-    )
-    return Method(f"{key}_frozen" if frozen else key, f"{name}, {where}", overrides)
+    steps = () if preset_step else ("optim.lr=1e-3",)
+    layers = ("backbone.encoder.trainable_layers=0",) if frozen else () if preset_step else ("trainer.encoder_lr=3e-5",)
+    method_key = (f"{key}_frozen" if frozen else key) + ("_lr3e-5" if preset_step else "")
+    description = f"{name}, {METRIC_STEPS[frozen, preset_step]}"
+    return Method(method_key, description, (f"algo={key}", "~algo.distance", *steps, *layers))
 
 
 METRIC_LEARNERS = {

@@ -113,11 +113,11 @@ def test_encoder_lr_gives_the_encoder_its_own_outer_step_size(compose_config):
     from metanlp_cli.backbones.cnn import WordCNN
     from metanlp_cli.train import outer_optimizer
 
-    cfg = compose_config("train", ["optim.lr=0.01"])
     encoder = WordCNN(50, embedding_dim=8, filter_sizes=[2], num_filters=4)
     algo = MAML(encoder, LabelSpace(2, 4))
-    assert len(outer_optimizer(algo, cfg, encoder).param_groups) == 1  # null: optim.lr for every parameter
-    optimizer = outer_optimizer(algo, cfg, encoder, encoder_lr=1e-4)
+    default = compose_config("train", ["optim.lr=0.01"])
+    assert len(outer_optimizer(algo, default, encoder).param_groups) == 1  # null: optim.lr for every parameter
+    optimizer = outer_optimizer(algo, compose_config("train", ["optim.lr=0.01", "trainer.encoder_lr=1e-4"]), encoder)
     assert [group["lr"] for group in optimizer.param_groups] == [1e-4, 0.01]
     assert {id(p) for p in optimizer.param_groups[0]["params"]} == {id(p) for p in encoder.parameters()}
     before = {name: p.detach().clone() for name, p in algo.named_parameters()}
