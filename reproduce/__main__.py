@@ -103,14 +103,40 @@ def score_run(
         if execute:
             run_command([*command, *peer_overrides], run_dir)
         return record_of(benchmark, setting, method, run_dir, run_dir, kept)
+    planned = {"train_command": shlex.join(["metanlp", "train", *train_overrides])}
     if execute:
         run_command([*metanlp(), "train", *train_overrides], run_dir)
     if setting.evaluation is not None:
         results_dir = run_dir / f"eval_{setting.evaluation.name}"
         eval_overrides = [f"checkpoint={run_dir}", *setting.evaluation.overrides, f"hydra.run.dir={results_dir}"]
+        planned["command"] = shlex.join(["metanlp", "eval", *eval_overrides, "trainer.progress=false"])
         if execute:
             run_command([*metanlp(), "eval", *eval_overrides, "trainer.progress=false"], results_dir)
+    if kept is not None:  # used only where the run is not on disk: say whether today's plan would run it so
+        kept = {name: value for name, value in kept.items() if name != "plan_changed"}
+        changes = {name: plan_change(kept[name], command) for name, command in planned.items() if name in kept}
+        if any(changes.values()):
+            kept["plan_changed"] = {name: change for name, change in changes.items() if change}
     return record_of(benchmark, setting, method, run_dir, results_dir, kept)
+
+
+# Words of a command that name where it writes (or reads its checkpoint), not what it runs.
+PLACES = ("hydra.run.dir=", "checkpoint=")
+
+
+def plan_change(committed: str, planned: str) -> dict | None:
+    """The overrides that tell a committed row's command from today's plan command for the same row (None:
+    the same run), the run directory's name aside. An equivalent spelling (a default written out) still
+    counts as a change: the report shows both sides and a reader judges."""
+    committed_words, planned_words = (
+        [w for w in shlex.split(c) if not w.startswith(PLACES)] for c in (committed, planned)
+    )
+    if committed_words == planned_words:
+        return None
+    return {
+        "committed_only": [word for word in committed_words if word not in planned_words],
+        "plan_only": [word for word in planned_words if word not in committed_words],
+    }
 
 
 def record_of(
@@ -150,7 +176,9 @@ def record_of(
         record["cells"] = {setting.name: task_cell(only) if only else stats.format_score(record["score"])}
     else:  # a GLUE-style table: a column per task, then the average
         record["cells"] = {name: task_cell(task) for name, task in tasks.items()}
-        record["cells"]["average"] = f"{100 * results['average']:.2f}"
+        average = f"{100 * results['average']:.2f}"
+        # a peer that left tasks out (the setfit package: regression, sentence pairs) averages the others only
+        record["cells"]["average"] = f"{average} ({', '.join(tasks)} only)" if results.get("notes") else average
     return record
 
 
@@ -298,6 +326,9 @@ def per_task_tables(benchmark: Benchmark, by_key: dict, settings: list[str]) -> 
     return lines
 
 
+CHANGED = " (†)"  # marks a row whose committed command differs from today's plan
+
+
 def describe(benchmark: Benchmark, key: str) -> str:
     return METHODS[key].description.format(encoder=benchmark.encoder, pooling=benchmark.pooling)
 
@@ -367,15 +398,19 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
             for setting in settings:
                 record = by_key.get((key, setting), {"cells": {}})
                 row = [record["cells"].get(column, "not run") for column in columns]
+                changed = CHANGED if "plan_changed" in record else ""
                 lines.append(
-                    f"| metanlp: {describe(benchmark, key)}, {setting} | "
+                    f"| metanlp: {describe(benchmark, key)}, {setting}{changed} | "
                     + " | ".join(row)
                     + f" | {wall_cell([record])} |"
                 )
             continue
         row = [cells.get((key, column), "not run") for column in columns]
         wall = wall_cell([by_key.get((key, setting), {}) for setting in settings])
-        lines.append(f"| metanlp: {describe(benchmark, key)} | " + " | ".join(row) + f" | {wall} |")
+        changed = any("plan_changed" in by_key.get((key, setting), {}) for setting in settings)
+        lines.append(
+            f"| metanlp: {describe(benchmark, key)}{CHANGED if changed else ''} | " + " | ".join(row) + f" | {wall} |"
+        )
     if task_table:  # per task: the best method's paired difference from the baseline over the training sets
         for setting in settings:
             scored = [(average(r), key) for key in benchmark.methods if (r := by_key.get((key, setting)))]
@@ -436,6 +471,12 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
     notes = list(benchmark.notes)
     if "setfit_package" in benchmark.methods and not peers.available():
         notes.append(f"setfit_package: not run here, {peers.MISSING}.")
+    if any("plan_changed" in record for record in records):
+        notes.append(
+            f"{CHANGED.strip()} A row committed by an earlier command of the plan: today's command for it differs "
+            "(the overrides are listed under the commands). `python -m reproduce NAME --methods KEY --rerun` "
+            "runs it again."
+        )
     for note in notes:
         lines += ["", note]
     lines += ["", "<details><summary>commands and run directories</summary>", ""]
@@ -443,6 +484,9 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
         if record["train_command"] != record["command"]:
             lines.append(f"- {record['method']}, {record['setting']}, trained by: `{record['train_command']}`")
         lines.append(f"- {record['method']}, {record['setting']}: `{record['command']}` -> `{record['run_dir']}`")
+        for name, change in record.get("plan_changed", {}).items():
+            words = [f"{side.replace('_', ' ')}: `{' '.join(change[side])}`" for side in change if change[side]]
+            lines.append(f"  - {CHANGED.strip()} today's {name.replace('_', ' ')} differs; " + "; ".join(words))
     lines += ["", "</details>", ""]
     return lines
 

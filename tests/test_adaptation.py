@@ -23,6 +23,7 @@ from metanlp_cli.backbones.cnn import WordCNN
 from metanlp_cli.backbones.heads import CosineHead
 from metanlp_cli.backbones.pretrained import PretrainedEncoder
 from metanlp_cli.errors import MetaNLPError
+from metanlp_cli.protocols.kshot import KShotProtocol, KShotTask
 from metanlp_cli.sampling import Batch, EpisodeSampler
 from tests.conftest import VOCAB_SIZE, TinyEncoder, keyword_split
 from tests.test_pretrained import tiny_bert  # noqa: F401  (the fixture)
@@ -135,6 +136,32 @@ def test_fine_tuning_is_reproducible_per_seed_and_leaves_the_global_generator(ti
     other.eval()
     assert not torch.equal(other.adapt(support)(query.inputs), first)  # another seed: other batches
     assert support_seed(support, 0) != support_seed(Batch(support.inputs, 1 - support.labels, support.classes), 0)
+
+
+def regression_task() -> KShotTask:
+    """A regression training set the tiny encoder's random features cannot fit linearly: the target is the
+    number of tokens 1-3 in the row (0-3, as STS-B's 0-5 scale), the other tokens noise."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randint(1, 12, (24, 3), generator=generator)
+    targets = (inputs <= 3).sum(1).double()
+    support = Batch(inputs, targets, torch.arange(0))
+    return KShotTask("stsb-like", "stsb-like", support, inputs, targets, "dev", ["pearson"], regression=True)
+
+
+def test_a_regression_task_fine_tunes_the_encoder_with_an_mse_head_where_the_algorithm_adapts_it():
+    task, protocol = regression_task(), KShotProtocol(regression_head=InnerLoop(100, 0.05))
+    head_only, tuned = finetune(), finetune(inner_eval=InnerLoop(100, 0.05), encoder_finetuning=whole(epochs=60))
+    head_only.eval(), tuned.eval()
+    assert head_only.adapt_regression(task.support) is None  # the protocol's own regression head
+    probe = protocol.adapt(head_only, head_only.model.encoder, task)
+    learner = protocol.adapt(tuned, tuned.model.encoder, task)
+    assert isinstance(probe, LinearProbe) and not isinstance(learner, LinearProbe)
+    moved = [n for n, p in tuned.model.encoder.named_parameters() if not torch.equal(learner.parameters[n], p)]
+    assert moved, "the encoder did not adapt"
+    assert learner(task.support.inputs).shape == (24, 1)
+    mse_probe = F.mse_loss(probe(task.support.inputs).squeeze(1), task.support.labels)
+    mse_tuned = F.mse_loss(learner(task.support.inputs).squeeze(1), task.support.labels)
+    assert mse_tuned < 0.5 * mse_probe, (mse_tuned, mse_probe)
 
 
 def test_top_layers_adapt_the_top_blocks_only_and_frozen_layers_are_refused():

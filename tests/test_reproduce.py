@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 
@@ -139,7 +141,7 @@ def test_rows_of_the_committed_results_json_are_kept_and_not_run_again(tmp_path,
 
     monkeypatch.setattr(runner, "run_command", fake_run)
     kept = runner.score_run(benchmark, setting, METHODS["protonet"], "cpu", tmp_path, True, committed)
-    assert kept is old_protonet and ran == []
+    assert kept.items() >= old_protonet.items() and ran == []  # kept (marked: its command is not the plan's)
     rerun = runner.score_run(benchmark, setting, METHODS["frozen"], "cpu", tmp_path, True, committed)
     assert ran == ["frozen"] and rerun["paired_units"] == [0.6, 0.7]
     assert runner.score_run(benchmark, setting, METHODS["frozen"], "cpu", tmp_path, False, {}) == rerun
@@ -196,3 +198,63 @@ def test_folds_are_one_column_the_mean_over_folds_paired_over_their_episodes():
     assert difference["mean"] == pytest.approx(0.05) and difference["count"] == 6
     text = "\n".join(benchmark_section(banking, frozen + trained))
     assert "| 1-shot | 5-shot |" in text and "- 1-shot, protonet - frozen: +5.00" in text
+
+
+def test_a_peer_that_left_tasks_out_says_its_average_covers_the_others_only(tmp_path):
+    """The setfit package scores LM-BFF's SST-2 and CoLA and leaves out the pairs and STS-B: its average
+    column must not pass for the 5-task average of the other rows."""
+    benchmark = next(b for b in BENCHMARKS if b.name == "lmbff16_glue")
+    setting = benchmark.settings[0]
+
+    def task(mean: float) -> dict:
+        score = {"mean": mean, "std": 0.01, "count": 2}
+        training_sets = {"s1": {"accuracy": mean - 0.01}, "s2": {"accuracy": mean + 0.01}}
+        return {"score": score, "scores": {"accuracy": score}, "metrics": ["accuracy"]} | {
+            "training_sets": training_sets,
+            "score_metric": "accuracy",
+        }
+
+    results = {"tasks": {"sst2": task(0.7), "cola": task(0.1)}, "average": 0.4, "wall_seconds": 3.0}
+    for notes, expected in (([], "40.00"), (["mrpc: left out (sentence pairs)"], "40.00 (sst2, cola only)")):
+        (tmp_path / "results.json").write_text(json.dumps(results | {"notes": notes}))
+        (tmp_path / "command.txt").write_text("python -m reproduce.peers ...\n")
+        record = runner.record_of(benchmark, setting, METHODS["setfit_package"], tmp_path, tmp_path, None)
+        assert record["cells"]["average"] == expected
+        assert record["cells"]["sst2"] == "70.0 (1.0)"
+
+
+def test_a_committed_row_whose_plan_command_changed_is_marked_with_both_sides():
+    """A committed row is kept on a fresh machine, but where today's plan would run it with other overrides
+    the table marks it and lists the words that differ (the run directory's name is not a difference)."""
+    benchmark = next(b for b in BENCHMARKS if b.name == "fewrel_pubmed")
+    setting = benchmark.settings[0]
+    same, moved, changed = ({"benchmark": benchmark.name} for _ in range(3))
+    for row, method in ((same, "frozen"), (moved, "protonet"), (changed, "protonet")):
+        row |= record(method, setting.name, [0.6, 0.7])
+        row["train_command"] = shlex.join(["metanlp", "train", *planned_overrides(benchmark, setting, method)])
+        row["command"] = row["train_command"]
+    moved["train_command"] = moved["train_command"].replace("protonet/5-shot", "old_name/5-shot")
+    changed["train_command"] = changed["train_command"].replace("trainer.steps=100", "trainer.steps=50")
+
+    def score(row: dict) -> dict:
+        committed = {(benchmark.name, setting.name, row["method"]): row | {"plan_changed": {"stale": "field"}}}
+        return runner.score_run(benchmark, setting, METHODS[row["method"]], "cpu", Path("nowhere"), False, committed)
+
+    assert "plan_changed" not in score(same) and "plan_changed" not in score(moved)
+    marked = score(changed)
+    assert marked["plan_changed"] == {
+        "train_command": {"committed_only": ["trainer.steps=50"], "plan_only": ["trainer.steps=100"]}
+    }
+    text = "\n".join(benchmark_section(benchmark, [score(same), marked]))
+    assert "| metanlp: ProtoNet (cosine), all-MiniLM-L6-v2 top layer meta-trained (†) |" in text
+    assert "| metanlp: frozen all-MiniLM-L6-v2" in text and "no training (†)" not in text
+    assert "  - (†) today's train command differs; committed only: `trainer.steps=50`; plan only: " in text
+
+
+def planned_overrides(benchmark, setting, method: str) -> list[str]:
+    """The train overrides `make results SIZE=cpu` gives a row (as `score_run` builds them)."""
+    run_dir = Path("outputs/results/cpu") / benchmark.name / method / setting.name
+    return [
+        f"experiment={benchmark.name}", *setting.overrides, *SIZES["cpu"], *benchmark.size_overrides.get("cpu", ()),
+        *METHODS[method].overrides, f"hydra.run.dir={run_dir}", "trainer.progress=false",
+    ]  # fmt: skip

@@ -97,6 +97,12 @@ class Algorithm(nn.Module):
     def meta_loss(self, learner: Learner, query: Batch) -> torch.Tensor:
         return task_loss(learner(query.inputs), query)
 
+    def adapt_regression(self, support: Batch) -> Learner | None:
+        """A task protocol's learner for a regression task (STS-B's float targets), where the algorithm
+        fits one itself; None (the default) leaves it to the protocol, which fits its 1-output
+        `regression_head` on the encoder's features."""
+        return None
+
     def with_fixed_encoder(self) -> tuple[nn.Module, Algorithm] | None:
         """Where adapting leaves the encoder as it is and only its features are used (ProtoNet): the
         encoder, and a copy of this algorithm that takes the encoder's features as its inputs. Evaluation

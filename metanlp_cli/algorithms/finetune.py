@@ -227,6 +227,12 @@ class FineTune(Algorithm):
         scale = head_scale(self.model, self.head, self.scale)
         return adapt_new_head(self.model.encoder, support, self.inner_eval, self.head, scale, self.encoder_finetuning)
 
+    def adapt_regression(self, support: Batch) -> AdaptedEncoderLearner | None:
+        """Where `encoder_finetuning` adapts encoder layers, a regression task fine-tunes them too, with a
+        1-output head (its bias started at the mean target) and the MSE loss; a head alone is left to the
+        protocol's `regression_head`, as before."""
+        return self.adapt(support) if self.encoder_finetuning.adapts_encoder else None
+
     def meta_loss(self, learner: SupervisedLearner, query: Batch) -> torch.Tensor:
         """Cross-entropy over all meta-train classes on the whole episode (support and query); the MSE
         of the regression output for a regression episode."""

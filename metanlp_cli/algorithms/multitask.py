@@ -71,6 +71,10 @@ class MultiTask(Algorithm):
         scale = head_scale(self.model, self.head, self.scale)
         return adapt_new_head(self.model.encoder, support, self.inner_eval, self.head, scale, self.encoder_finetuning)
 
+    def adapt_regression(self, support: Batch) -> AdaptedEncoderLearner | None:
+        """As `FineTune.adapt_regression`: the encoder fine-tuned with a 1-output MSE head, where it adapts."""
+        return self.adapt(support) if self.encoder_finetuning.adapts_encoder else None
+
     def meta_loss(self, learner: SupervisedLearner, query: Batch) -> torch.Tensor:
         """Mean cross-entropy of every episode example over the classes of its own group (the MSE of
         the regression output for a regression episode)."""

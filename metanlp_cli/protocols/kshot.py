@@ -68,7 +68,8 @@ class KShotProtocol:
     """LM-BFF / LEOPARD style: for each training set of a task (one per seed), adapt on all its K
     examples per label and score the task's full evaluation split with the task's own metrics;
     report each metric's mean and sample standard deviation over the training sets. A regression
-    task gets a 1-output head fitted with the MSE loss on the encoder's features (`regression_head`).
+    task gets a 1-output head fitted with the MSE loss on the encoder's features (`regression_head`),
+    unless the algorithm adapts one itself (`Algorithm.adapt_regression`: fine-tuning the encoder).
 
     A task's main score (what the average over tasks takes) is its `first` declared metric, as LM-BFF
     reports one per task (MRPC F1, STS-B Pearson), or GLUE's `combined` score (the mean of its metrics)."""
@@ -207,9 +208,10 @@ class KShotProtocol:
 
     def adapt(self, algo: Algorithm, encoder: nn.Module, task: KShotTask) -> Learner:
         with torch.enable_grad():
-            if task.regression:
-                return fit_linear_probe(encoder, task.support, self.regression_head)
-            return algo.adapt(task.support)
+            if not task.regression:
+                return algo.adapt(task.support)
+            learner = algo.adapt_regression(task.support)  # the algorithm's own (whole-encoder fine-tuning), or
+            return learner if learner is not None else fit_linear_probe(encoder, task.support, self.regression_head)
 
     def score(self, algo: Algorithm, prepared: KShotTasks, device: torch.device, progress: bool = True) -> dict:
         """Adapt on each training set, score its task's evaluation split; results.json's fields."""
