@@ -395,3 +395,25 @@ def test_eval_overrides_add_and_remove_collection_entries(compose_config):
     assert list(dataset.tasks) == ["sst2", "mnli", "qnli", "qqp", "snli", "cola", "mrpc", "stsb", "extra"]
     assert dataset.tasks.extra.train_file == "glue_subsets/QQP/train.json" and dataset.tasks.extra.name == "extra"
     assert list(dataset.target_tasks) == ["cola", "extra"] and "glue" not in dataset
+
+
+def test_predict_scores_token_ids_shortest_first_and_answers_in_the_rows_order():
+    """Rows of like length share a chunk (a learner that cuts each chunk to its longest row pads little),
+    and the predictions come back in the rows' order; cached float features keep their order."""
+    from metanlp_cli.protocols.kshot import predict
+
+    lengths = [5, 1, 3, 5, 2, 1, 4]
+    inputs = torch.tensor(
+        [[label + 1] * n + [0] * (5 - n) for label, n in zip([0, 1, 2, 0, 1, 2, 0], lengths, strict=True)]
+    )
+    chunks = []
+
+    def learner(chunk: torch.Tensor) -> torch.Tensor:
+        chunks.append(chunk)
+        return nn.functional.one_hot(chunk[:, 0] - 1, 3).float() if not chunk.is_floating_point() else chunk
+
+    torch.testing.assert_close(predict(learner, inputs, 3, False), inputs[:, 0] - 1)
+    seen = [int((row != 0).sum()) for chunk in chunks for row in chunk]
+    assert seen == sorted(lengths) and [len(chunk) for chunk in chunks] == [3, 3, 1]
+    features = torch.tensor([[3.0], [1.0], [2.0]])
+    torch.testing.assert_close(predict(learner, features, 2, True), torch.tensor([3.0, 1.0, 2.0]))

@@ -58,9 +58,17 @@ class KShotTasks:
 
 def predict(learner, inputs: torch.Tensor, batch_size: int, regression: bool) -> torch.Tensor:
     """The learner's predictions for `inputs` (its single output where `regression`, else the argmax
-    class), scored `batch_size` rows at a time."""
+    class), scored `batch_size` rows at a time, in the rows' order. Token ids are scored shortest first:
+    a learner that runs the encoder itself cuts each chunk to its longest row (`AdaptedEncoderLearner`),
+    so rows of like length in a chunk mean little padding (a row's prediction does not depend on its
+    chunk: padding is masked)."""
+    order = None if inputs.is_floating_point() else torch.argsort((inputs != 0).sum(1), stable=True)
     with torch.no_grad():
-        outputs = torch.cat([learner(chunk) for chunk in inputs.split(batch_size)])
+        outputs = torch.cat(
+            [learner(chunk) for chunk in (inputs if order is None else inputs[order]).split(batch_size)]
+        )
+    if order is not None:
+        outputs = torch.empty_like(outputs).index_copy_(0, order, outputs)
     return outputs.squeeze(-1) if regression else outputs.argmax(dim=-1)
 
 
