@@ -514,6 +514,11 @@ def main() -> None:
         help="comma-separated method keys: run only these (the other rows come from disk or RESULTS.json)",
     )
     parser.add_argument(
+        "--settings",
+        default=None,
+        help="comma-separated settings (columns, e.g. 'K=4'): run only these (the others: from disk or RESULTS.json)",
+    )
+    parser.add_argument(
         "--rerun", action="store_true", help="run the named benchmarks' rows even where RESULTS.json holds them"
     )
     args = parser.parse_args()
@@ -524,6 +529,10 @@ def main() -> None:
     methods = args.methods.split(",") if args.methods else None
     if methods and (unknown := [key for key in methods if key not in METHODS]):
         raise SystemExit(f"error: unknown method {unknown[0]!r}; allowed: {', '.join(METHODS)}")
+    settings = args.settings.split(",") if args.settings else None
+    known_settings = {setting.name for benchmark in BENCHMARKS for setting in benchmark.settings}
+    if settings and (unknown := [name for name in settings if name not in known_settings]):
+        raise SystemExit(f"error: unknown setting {unknown[0]!r}; allowed: {', '.join(sorted(known_settings))}")
     if not os.environ.get("METANLP_DATA_ROOT"):
         raise SystemExit("error: METANLP_DATA_ROOT is not set; point it at the benchmark data folder")
 
@@ -543,7 +552,9 @@ def main() -> None:
         for key in benchmark.methods:
             for setting in benchmark.settings:
                 try:
-                    run_it = execute and (methods is None or key in methods)
+                    run_it = (
+                        execute and (methods is None or key in methods) and (not settings or setting.name in settings)
+                    )
                     kept = {} if args.rerun and run_it else committed  # --rerun: what RESULTS.json holds is redone
                     benchmark_records.append(
                         score_run(benchmark, setting, METHODS[key], args.size, output_root, run_it, kept)
