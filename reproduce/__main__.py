@@ -299,6 +299,7 @@ def fold_means(benchmark: Benchmark, records: list[dict]) -> list[dict]:
                 **({"differences": only["differences"]} if "differences" in only else {}),
                 "wall_seconds": sum(times) if None not in times else None,
                 "folds": sorted(by_fold),
+                **({"plan_changed": "in a fold"} if any("plan_changed" in r for r in by_fold.values()) else {}),
             }
         )
     return merged
