@@ -95,10 +95,14 @@ def score_run(
     # a committed row is not run again, except a baseline without its paired units (rows pair against it)
     execute = execute and (kept is None or (method.baseline and kept.get("paired_units") is None))
     if method.peer is not None:  # outside metanlp: on the evaluation's tasks and training sets, nothing trained
-        if setting.evaluation is None or (method.peer == "setfit" and not peers.available()):
+        # on a task protocol's training sets (the evaluation's); setfit also on an episodic test's first episodes
+        if (setting.evaluation is None and method.peer != "setfit") or (
+            method.peer == "setfit" and not peers.available()
+        ):
             return kept
         run_dir = output_root / size / preset / method.key / setting.name  # a peer's run is per setting, not shared
-        peer_overrides = [f"experiment={preset}", *setting.overrides, *setting.evaluation.overrides]
+        evaluation = setting.evaluation.overrides if setting.evaluation else ()
+        peer_overrides = [f"experiment={preset}", *setting.overrides, *evaluation]
         command = [sys.executable, "-m", "reproduce.peers", "--peer", method.peer, "--out", str(run_dir)]
         if execute:
             run_command([*command, *peer_overrides], run_dir)
@@ -159,6 +163,9 @@ def record_of(
         record["score"] = results["accuracy"]
         record["paired_units"] = results["episode_accuracies"]
         record["cells"] = {setting.name: stats.format_score(results["accuracy"])}
+        if "of_episodes" in results:  # a peer on the first of the fixed test episodes: paired over those
+            record["episode_prefix"] = results["episodes"]
+            record["cells"][setting.name] += f" ({results['episodes']} of {results['of_episodes']} episodes)"
         return record
     # task protocols (arsc, kshot, glue_lowres): each task's main score, paired across methods by task
     tasks = results["tasks"]
@@ -212,11 +219,16 @@ def paired_difference(record: dict, baseline: dict) -> dict | None:
     """The paired difference over the units both were scored on (test episodes, seeds or tasks; for a
     mean over folds, the episodes of the folds both have); a record committed before RESULTS.json kept
     its units has the difference to the baseline it had then."""
+    prefix = "episode_prefix" in record or "episode_prefix" in baseline  # a peer scored the first episodes only
+
+    def paired(a: list[float], b: list[float]) -> tuple[list[float], list[float]]:
+        return (a[: len(b)], b[: len(a)]) if prefix else (a, b)  # episode i is the same on both sides
+
     if "fold_units" in record and "fold_units" in baseline:
         shared = sorted(record["fold_units"].keys() & baseline["fold_units"].keys())
         if shared:
-            units = [[unit for fold in shared for unit in side["fold_units"][fold]] for side in (record, baseline)]
-            return stats.paired_difference(*units)
+            folds = [paired(record["fold_units"][fold], baseline["fold_units"][fold]) for fold in shared]
+            return stats.paired_difference(*([unit for fold in folds for unit in fold[side]] for side in (0, 1)))
     if record.get("training_sets") and baseline.get("training_sets"):  # task protocols: the same training sets
         shared = sorted(
             (task, name)
@@ -226,7 +238,7 @@ def paired_difference(record: dict, baseline: dict) -> dict | None:
         units = [[side["training_sets"][task][name] for task, name in shared] for side in (record, baseline)]
         return stats.paired_difference(*units) if shared else None
     if record.get("paired_units") is not None and baseline.get("paired_units") is not None:
-        return stats.paired_difference(record["paired_units"], baseline["paired_units"])
+        return stats.paired_difference(*paired(record["paired_units"], baseline["paired_units"]))
     return record.get("differences", {}).get(baseline["method"])
 
 
@@ -286,6 +298,9 @@ def fold_means(benchmark: Benchmark, records: list[dict]) -> list[dict]:
         else:
             ran = ", ".join(name.rsplit(" ", 1)[-1] for name in sorted(by_fold))
             cell = f"{stats.format_score(score)} (fold{'s' * (len(by_fold) > 1)} {ran} of {total[column]})"
+        prefix = [r["episode_prefix"] for r in by_fold.values() if "episode_prefix" in r]
+        if prefix:  # a peer on the first of each fold's test episodes
+            cell += f", the first {min(prefix)} episodes of each"
         only = next(iter(by_fold.values())) if len(by_fold) == 1 else {}
         times = [r.get("wall_seconds") for r in by_fold.values()]
         merged.append(
@@ -300,6 +315,7 @@ def fold_means(benchmark: Benchmark, records: list[dict]) -> list[dict]:
                 "wall_seconds": sum(times) if None not in times else None,
                 "folds": sorted(by_fold),
                 **({"plan_changed": "in a fold"} if any("plan_changed" in r for r in by_fold.values()) else {}),
+                **({"episode_prefix": True} if any("episode_prefix" in r for r in by_fold.values()) else {}),
             }
         )
     return merged

@@ -5,7 +5,7 @@
 - `majority`: a constant, each task's most frequent test label (with hindsight): the floor a method
   must clear where the test sets are unbalanced (ARSC's are 57-94% positive).
 
-    python -m reproduce.peers --peer setfit|majority --out DIR OVERRIDE...
+    python -m reproduce.peers --peer setfit|majority --out DIR [--episodes N] OVERRIDE...
 
 The overrides compose a train config (the benchmark's preset, then its evaluation's overrides, e.g.
 `experiment=arsc protocol=arsc`), whose dataset and task protocol give the tasks and each task's
@@ -13,6 +13,11 @@ training sets exactly as `metanlp eval` chooses them; DIR/results.json is writte
 protocol's format (each task's training sets, mean and std over them, the average), so `make results`
 and `metanlp report` pair it with metanlp's methods set by set. Regression tasks and sentence pairs
 are left out with a note (SetFit classifies single texts); the package missing is one line.
+
+Under an episodic protocol (HuffPost, BANKING77, ...) the setfit peer trains on each fixed test episode's
+support set and scores its query set: the first `--episodes` of the episodes metanlp's runs are scored on
+(episode i is a function of the protocol's seed and i alone), so `make results` pairs it with every method
+over those episodes. SetFit trains a model per episode, so it runs on a prefix of the 600-1,000 episodes.
 """
 
 from __future__ import annotations
@@ -26,14 +31,18 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from metanlp_cli.backbones.pretrained import resolve_model_path
-from metanlp_cli.components import load_dataset
+from metanlp_cli.components import encode_splits, load_dataset
 from metanlp_cli.compose import check_composition, config_search_path
 from metanlp_cli.config import build
 from metanlp_cli.data.types import TaskCollection
 from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.metrics import task_scores
+from metanlp_cli.protocols.episodic import EpisodicProtocol
 from metanlp_cli.protocols.kshot import KShotProtocol, record_training_set, summarise_groups
+from metanlp_cli.stats import mean_confidence_interval
 
 PACKAGE = "setfit"
 MISSING = f"the {PACKAGE} package is not installed (the peers extra: pip install 'metanlp_cli[peers]')"
@@ -72,19 +81,91 @@ def majority_predictions(labels: list[int], evaluation_labels: list[int]) -> lis
 
 
 PEERS = {"setfit": "setfit (package)", "majority": "majority label"}
+EPISODIC = "metanlp_cli.protocols.EpisodicProtocol"  # the episodic protocols' `_target_` (configs/protocol/)
 
 
-def run(peer: str, overrides: list[str], out: Path, seed: int = 42) -> dict:
+class RowIds:
+    """A stand-in tokenizer: each text becomes one id of its own (1, 2, ...), so that the episodes an
+    episodic protocol draws from the encoded split name the texts they hold (`texts_of`)."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def encode(self, texts) -> torch.Tensor:
+        start = len(self.texts)
+        self.texts.extend(texts)
+        return torch.arange(start + 1, len(self.texts) + 1).unsqueeze(1)
+
+    def texts_of(self, inputs: torch.Tensor) -> list[str]:
+        return [self.texts[int(row_id) - 1] for row_id in inputs[:, 0]]
+
+
+def episodic_results(protocol: EpisodicProtocol, dataset, count: int, model_dir: str, seed: int, scratch: Path) -> dict:
+    """The setfit package trained on the support set of each of the protocol's first `count` fixed test
+    episodes, scored on its query set: results.json's episodic fields (the accuracies in episode order)."""
+    rows = RowIds()
+    split = encode_splits(rows, dataset, ("test",), torch.device("cpu"))[0]["test"]
+    episodes = protocol.episodes(split, min(count, protocol.num_episodes))
+    accuracies = []
+    for index, episode in enumerate(episodes):
+        if episode.support.is_regression:
+            raise MetaNLPError("peers: setfit classifies; this protocol's episodes are regression episodes")
+        labels = episode.support.labels.tolist()
+        print(f"   setfit: episode {index + 1} of {len(episodes)} ({len(labels)} examples)", flush=True)
+        predictions = setfit_predictions(
+            model_dir, rows.texts_of(episode.support.inputs), labels, rows.texts_of(episode.query.inputs), seed, scratch
+        )
+        accuracies.append(float((torch.tensor(predictions) == episode.query.labels).double().mean()))
+    return {
+        "protocol": "episodic",
+        "split": "test",
+        "n_way": protocol.n_way,
+        "k_shot": protocol.k_shot,
+        "q_query": protocol.q_query,
+        "episodes": len(episodes),
+        "of_episodes": protocol.num_episodes,
+        "seed": protocol.seed,
+        "accuracy": mean_confidence_interval(accuracies),
+        "episode_accuracies": accuracies,
+    }
+
+
+def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: int = 50) -> dict:
     if peer not in PEERS:
         raise MetaNLPError(f"peers: --peer {peer!r} is not known; allowed: {', '.join(PEERS)}")
     if peer == "setfit" and not available():
         raise MetaNLPError(MISSING)
+    if episodes < 1:
+        raise MetaNLPError(f"peers: --episodes {episodes}; allowed: an integer >= 1")
     cfg = check_composition("train", overrides)
-    # the protocol as `metanlp eval` builds it: its own group's config, not merged with the preset's episodic keys
-    protocol_overrides = [o for o in overrides if o.lstrip("+~").startswith("protocol")]
-    protocol = build(check_composition("train", protocol_overrides).protocol, "protocol")
+    # the protocol as `metanlp eval` builds it: its own group's config, not merged with the preset's episodic keys;
+    # an episodic one (no evaluation: the train run's own test) as `metanlp train` builds it, the preset's keys in
+    if cfg.protocol._target_ == EPISODIC:
+        protocol = build(cfg.protocol, "protocol")
+    else:
+        protocol_overrides = [o for o in overrides if o.lstrip("+~").startswith("protocol")]
+        protocol = build(check_composition("train", protocol_overrides).protocol, "protocol")
+    if isinstance(protocol, EpisodicProtocol) and peer == "setfit":
+        started = time.perf_counter()
+        model_dir, _ = resolve_model_path("minilm", "peers")
+        results = episodic_results(protocol, load_dataset(cfg), episodes, model_dir, seed, out / "setfit_trainer")
+        shutil.rmtree(out / "setfit_trainer", ignore_errors=True)
+        peer_fields = {"package": PACKAGE, "version": package_version(), "training_arguments": "defaults", "seed": seed}
+        results |= {
+            "dataset": dataset_choice(overrides),
+            "algo": PEERS[peer],
+            "backbone": "minilm",
+            "peer": peer_fields,
+            "wall_seconds": time.perf_counter() - started,
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        return results
     if not isinstance(protocol, KShotProtocol):
-        raise MetaNLPError(f"peers: protocol={cfg.protocol._target_} is not a task protocol (kshot, arsc, glue_lowres)")
+        raise MetaNLPError(
+            f"peers: protocol={cfg.protocol._target_} is not a task protocol (kshot, arsc, glue_lowres)"
+            + ("; the episodic protocols take --peer setfit only" if isinstance(protocol, EpisodicProtocol) else "")
+        )
     dataset = load_dataset(cfg)
     if not isinstance(dataset, TaskCollection):
         raise MetaNLPError(f"peers: {dataset.name} is a class split; give a task collection (e.g. dataset=lmbff/sst2)")
@@ -155,14 +236,18 @@ def main() -> None:
     parser.add_argument("--peer", choices=sorted(PEERS), default="setfit")
     parser.add_argument("--out", type=Path, required=True, help="the run directory for results.json")
     parser.add_argument("--seed", type=int, default=42, help="SetFit's seed (its default, 42)")
+    parser.add_argument(
+        "--episodes", type=int, default=50, help="episodic protocols: SetFit on the first N fixed test episodes"
+    )
     parser.add_argument("overrides", nargs="*", help="a train config's overrides: the preset, then the evaluation's")
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     try:
-        results = run(options.peer, options.overrides, options.out, options.seed)
+        results = run(options.peer, options.overrides, options.out, options.seed, options.episodes)
     except MetaNLPError as error:
         raise SystemExit(f"error: {error}") from None
-    print(f"{PEERS[options.peer]}: average {100 * results['average']:.2f} -> {options.out / 'results.json'}")
+    score = results["accuracy"]["mean"] if "accuracy" in results else results["average"]
+    print(f"{PEERS[options.peer]}: {100 * score:.2f} -> {options.out / 'results.json'}")
 
 
 if __name__ == "__main__":

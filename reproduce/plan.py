@@ -378,6 +378,7 @@ BENCHMARKS = (
             *METRIC_FROZEN_PRESET_STEP,
             *METRIC_TOP,
             *METRIC_TOP_PRESET_STEP,
+            "setfit_package",
         ),  # fmt: skip
     ),
     Benchmark(
@@ -389,6 +390,7 @@ BENCHMARKS = (
             Published("DS-FSL (Bao et al.)", "1-shot", 81.8, BAO, BAO_SAME + "; 15 queries (a topic has 20 articles)"),
             Published("DS-FSL (Bao et al.)", "5-shot", 96.0, BAO, BAO_SAME + "; 15 queries (a topic has 20 articles)"),
         ),
+        methods=("frozen", "protonet", "setfit_package"),
     ),
     Benchmark(
         "banking77_protaugment",
@@ -396,6 +398,7 @@ BENCHMARKS = (
         "5-way K-shot, 5 queries per class, 600 fixed test episodes per fold on its 27 test intents, each of the "
         "5 folds trained and tested on its own; accuracy, the mean over the folds",
         PROTAUGMENT_FOLDS,
+        methods=("frozen", "protonet", "setfit_package"),
         notes=("The issue's reference bar (frozen MiniLM, fold 01): 85.4 +/- 0.8 (1-shot), 95.2 +/- 0.4 (5-shot).",),
     ),
     Benchmark(
@@ -404,7 +407,7 @@ BENCHMARKS = (
         "5-way K-shot, 5 queries per class, 600 fixed test episodes per fold on its 50 test intents, each of the "
         "5 folds trained and tested on its own; accuracy, the mean over the folds",
         PROTAUGMENT_FOLDS,
-        methods=("frozen", "protonet", "maml_head"),
+        methods=("frozen", "protonet", "maml_head", "setfit_package"),
         notes=("The issue's reference bar (frozen MiniLM, fold 01): 94.8 +/- 0.5 (1-shot), 98.9 +/- 0.2 (5-shot).",),
     ),
     Benchmark(
@@ -423,7 +426,15 @@ BENCHMARKS = (
             )
             for setting, value in (("1-shot", 69.2), ("5-shot", 84.8))
         ),
-        methods=("frozen", "frozen_mean", "frozen_start", "protonet", "protonet_mean", "protonet_start"),
+        methods=(
+            "frozen",
+            "frozen_mean",
+            "frozen_start",
+            "protonet",
+            "protonet_mean",
+            "protonet_start",
+            "setfit_package",
+        ),
         pooling=ENTITY_FEATURES,
         notes=(
             "The preset's features are entity-aware (`pooling=entity_mean`: the mean over each entity's span, "

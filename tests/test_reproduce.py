@@ -8,10 +8,13 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 import reproduce.__main__ as runner
 from metanlp_cli import CONFIG_DIR
+from metanlp_cli.components import encode_splits
 from metanlp_cli.config import build, check_arguments
+from reproduce import peers
 from reproduce.__main__ import benchmark_section, paired_difference, per_task_differences
 from reproduce.plan import BENCHMARKS, METHODS, SIZES
 
@@ -258,3 +261,44 @@ def planned_overrides(benchmark, setting, method: str) -> list[str]:
         f"experiment={benchmark.name}", *setting.overrides, *SIZES["cpu"], *benchmark.size_overrides.get("cpu", ()),
         *METHODS[method].overrides, f"hydra.run.dir={run_dir}", "trainer.progress=false",
     ]  # fmt: skip
+
+
+def test_the_setfit_peer_trains_on_the_same_fixed_episodes_as_metanlp_and_pairs_over_them(monkeypatch, tmp_path):
+    """Under an episodic protocol the peer sees each episode's support and query texts exactly as metanlp's
+    runs draw them (episode i of the protocol's seed), and the report pairs it over those first episodes."""
+    from metanlp_cli.data.types import ClassSplit, LabeledTexts
+    from metanlp_cli.protocols import EpisodicProtocol
+
+    def split(classes: range) -> LabeledTexts:
+        rows = [(f"c{c} w{i}", index) for index, c in enumerate(classes) for i in range(12)]
+        return LabeledTexts([text for text, _ in rows], [label for _, label in rows], [f"c{c}" for c in classes])
+
+    dataset = ClassSplit("toy", split(range(0, 4)), split(range(4, 8)), split(range(8, 14)))
+    protocol = EpisodicProtocol(n_way=3, k_shot=2, q_query=4, episodes=600, seed=7)
+
+    class Words:  # metanlp's side: "c9 w3" -> [10, 4]
+        def encode(self, texts):
+            return torch.tensor([[int(word[1:]) + 1 for word in text.split()] for text in texts])
+
+    ours = protocol.episodes(encode_splits(Words(), dataset, ("test",), torch.device("cpu"))[0]["test"], 5)
+    seen = []
+
+    def fake_setfit(model_dir, texts, labels, evaluation, seed, scratch):
+        seen.append((texts, labels, evaluation))
+        first = {text.split()[0]: label for text, label in zip(texts, labels, strict=True)}
+        return [first[text.split()[0]] if index % 2 else 0 for index, text in enumerate(evaluation)]
+
+    monkeypatch.setattr(peers, "setfit_predictions", fake_setfit)
+    results = peers.episodic_results(protocol, dataset, 5, "minilm", 42, tmp_path)
+    for (texts, labels, evaluation), episode in zip(seen, ours, strict=True):
+        words = [[int(word[1:]) + 1 for word in text.split()] for text in texts]
+        assert torch.equal(torch.tensor(words), episode.support.inputs) and labels == episode.support.labels.tolist()
+        assert len(evaluation) == len(episode.query)
+    assert results["episodes"] == 5 and results["of_episodes"] == 600 and len(results["episode_accuracies"]) == 5
+
+    peer = {"method": "setfit_package", "paired_units": [0.5, 0.7], "episode_prefix": 2}
+    ours_record = {"method": "frozen", "paired_units": [0.6, 0.6, 0.9, 0.1]}
+    difference = paired_difference(peer, ours_record)  # over episodes 1 and 2: -0.1, +0.1
+    assert difference["mean"] == pytest.approx(0.0) and difference["count"] == 2
+    with pytest.raises(ValueError, match="same units"):  # without the prefix mark, unequal units are an error
+        paired_difference({"method": "x", "paired_units": [0.5, 0.7]}, ours_record)
