@@ -508,6 +508,18 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
     return lines
 
 
+def rounded(value):
+    """`value` with its floats to 6 decimals (a score in percent to 1e-4 points): RESULTS.json keeps every
+    episode's accuracy for pairing, and the full float repr would double its size (over 2 MB)."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, list):
+        return [rounded(item) for item in value]
+    if isinstance(value, dict):
+        return {key: rounded(item) for key, item in value.items()}
+    return value
+
+
 def committed_records(size: str) -> dict[tuple[str, str, str], dict]:
     """The records of the committed RESULTS.json (for runs whose directories are not on this machine)."""
     path = ROOT / "RESULTS.json"
@@ -598,7 +610,7 @@ def main() -> None:
     (ROOT / "RESULTS.md").write_text("\n".join(header + lines) + "\n")
     plan_order = {benchmark.name: index for index, benchmark in enumerate(BENCHMARKS)}
     records.sort(key=lambda record: plan_order[record["benchmark"]])  # the plan's order: a rerun's diff stays small
-    (ROOT / "RESULTS.json").write_text(json.dumps({"size": args.size, "runs": records}, indent=1) + "\n")
+    (ROOT / "RESULTS.json").write_text(json.dumps(rounded({"size": args.size, "runs": records}), indent=1) + "\n")
     print(f"wrote {ROOT / 'RESULTS.md'}")
     if failures:
         raise SystemExit(f"{len(failures)} run(s) failed (their rows say not run): " + " | ".join(failures))

@@ -302,3 +302,8 @@ def test_the_setfit_peer_trains_on_the_same_fixed_episodes_as_metanlp_and_pairs_
     assert difference["mean"] == pytest.approx(0.0) and difference["count"] == 2
     with pytest.raises(ValueError, match="same units"):  # without the prefix mark, unequal units are an error
         paired_difference({"method": "x", "paired_units": [0.5, 0.7]}, ours_record)
+
+
+def test_results_json_rounds_floats_to_6_decimals_and_keeps_the_rest():
+    value = {"score": {"mean": 0.123456789, "count": 3}, "units": [0.1 + 0.2, 1 / 3], "name": "x"}
+    assert runner.rounded(value) == {"score": {"mean": 0.123457, "count": 3}, "units": [0.3, 0.333333], "name": "x"}
