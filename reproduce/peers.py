@@ -150,17 +150,14 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
         model_dir, _ = resolve_model_path("minilm", "peers")
         results = episodic_results(protocol, load_dataset(cfg), episodes, model_dir, seed, out / "setfit_trainer")
         shutil.rmtree(out / "setfit_trainer", ignore_errors=True)
-        peer_fields = {"package": PACKAGE, "version": package_version(), "training_arguments": "defaults", "seed": seed}
         results |= {
             "dataset": dataset_choice(overrides),
             "algo": PEERS[peer],
             "backbone": "minilm",
-            "peer": peer_fields,
+            "peer": setfit_fields(seed),
             "wall_seconds": time.perf_counter() - started,
         }
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-        return results
+        return write_results(out, results)
     if not isinstance(protocol, KShotProtocol):
         raise MetaNLPError(
             f"peers: protocol={cfg.protocol._target_} is not a task protocol (kshot, arsc, glue_lowres)"
@@ -205,13 +202,22 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
         "algo": PEERS[peer],
         "backbone": "minilm" if peer == "setfit" else "none",
         "peer": (
-            {"package": PACKAGE, "version": package_version(), "training_arguments": "defaults", "seed": seed}
+            setfit_fields(seed)
             if peer == "setfit"
             else {"constant": "the most frequent label of each task's evaluation split"}
         ),
         "notes": notes,
         "wall_seconds": time.perf_counter() - started,
     }
+    return write_results(out, results)
+
+
+def setfit_fields(seed: int) -> dict:
+    """What results.json says of the setfit package run."""
+    return {"package": PACKAGE, "version": package_version(), "training_arguments": "defaults", "seed": seed}
+
+
+def write_results(out: Path, results: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
