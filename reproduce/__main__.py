@@ -20,8 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from metanlp_cli import stats
 from metanlp_cli.checkpoint import RESUMABLE_KEYS
+from metanlp_cli.compose import check_composition
+from metanlp_cli.errors import MetaNLPError
 from metanlp_cli.stats import mean_confidence_interval
 from reproduce import peers
 from reproduce.plan import BENCHMARKS, METHODS, SIZES, Benchmark, Method, Setting
@@ -130,18 +134,30 @@ def score_run(
     return record_of(benchmark, setting, method, run_dir, results_dir, kept, bool(subset))
 
 
+def same_train_config(first: list[str], second: list[str]) -> bool:
+    """Whether two `metanlp train` commands compose the same config (False where either does not compose)."""
+    if first[:2] != ["metanlp", "train"] or second[:2] != ["metanlp", "train"]:
+        return False
+    try:
+        configs = [OmegaConf.to_container(check_composition("train", words[2:])) for words in (first, second)]
+    except MetaNLPError:  # a key the committed command used is gone: a change
+        return False
+    return configs[0] == configs[1]
+
+
 # Words of a command that name where it writes (or reads its checkpoint), not what it runs.
 PLACES = ("hydra.run.dir=", "checkpoint=")
 
 
 def plan_change(committed: str, planned: str) -> dict | None:
     """The overrides that tell a committed row's command from today's plan command for the same row (None:
-    the same run), the run directory's name aside. An equivalent spelling (a default written out) still
-    counts as a change: the report shows both sides and a reader judges."""
+    the same run), the run directory's name aside. Train commands whose words differ but compose the same
+    config (a default written out, e.g. `dataset.fold=1`) are the same run; an eval command's config depends
+    on its checkpoint's, so there any other word counts as a change: the report shows both sides."""
     committed_words, planned_words = (
         [w for w in shlex.split(c) if not w.startswith(PLACES)] for c in (committed, planned)
     )
-    if committed_words == planned_words:
+    if committed_words == planned_words or same_train_config(committed_words, planned_words):
         return None
     return {
         "committed_only": [word for word in committed_words if word not in planned_words],

@@ -237,12 +237,13 @@ def test_a_committed_row_whose_plan_command_changed_is_marked_with_both_sides():
     the table marks it and lists the words that differ (the run directory's name is not a difference)."""
     benchmark = next(b for b in BENCHMARKS if b.name == "fewrel_pubmed")
     setting = benchmark.settings[0]
-    same, moved, changed = ({"benchmark": benchmark.name} for _ in range(3))
-    for row, method in ((same, "frozen"), (moved, "protonet"), (changed, "protonet")):
+    same, moved, default, changed = ({"benchmark": benchmark.name} for _ in range(4))
+    for row, method in ((same, "frozen"), (moved, "protonet"), (default, "protonet"), (changed, "protonet")):
         row |= record(method, setting.name, [0.6, 0.7])
         row["train_command"] = shlex.join(["metanlp", "train", *planned_overrides(benchmark, setting, method)])
         row["command"] = row["train_command"]
     moved["train_command"] = moved["train_command"].replace("protonet/5-shot", "old_name/5-shot")
+    default["train_command"] += " trainer.log_interval=10"  # the default written out
     changed["train_command"] = changed["train_command"].replace("trainer.steps=100", "trainer.steps=50")
 
     def score(row: dict) -> dict:
@@ -250,6 +251,7 @@ def test_a_committed_row_whose_plan_command_changed_is_marked_with_both_sides():
         return runner.score_run(benchmark, setting, METHODS[row["method"]], "cpu", Path("nowhere"), False, committed)
 
     assert "plan_changed" not in score(same) and "plan_changed" not in score(moved)
+    assert "plan_changed" not in score(default)  # the same composed config: the same run
     marked = score(changed)
     assert marked["plan_changed"] == {
         "train_command": {"committed_only": ["trainer.steps=50"], "plan_only": ["trainer.steps=100"]}
