@@ -1,7 +1,9 @@
 """Methods from outside metanlp, run on our training and test sets:
 
 - `setfit`: the alternative a user would try first, the `setfit` package (Tunstall et al. 2022) with its
-  default training arguments, on the same all-MiniLM-L6-v2 directory (`backbone=minilm`);
+  default training arguments, on the benchmark's own encoder: the same all-MiniLM-L6-v2 directory
+  (`backbone=minilm`), or multilingual-e5-small's rebuilt directory (`backbone=me5_small`, SIB-200) with E5's
+  `query: ` prefix, mean pooling and L2 normalisation;
 - `majority`: a constant, each task's most frequent test label (with hindsight): the floor a method
   must clear where the test sets are unbalanced (ARSC's are 57-94% positive).
 
@@ -31,10 +33,12 @@ import logging
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from metanlp_cli.backbones import me5
 from metanlp_cli.backbones.pretrained import resolve_model_path
 from metanlp_cli.components import encode_splits, load_dataset
 from metanlp_cli.compose import check_composition, config_search_path
@@ -54,15 +58,56 @@ def available() -> bool:
     return importlib.util.find_spec(PACKAGE) is not None
 
 
+@dataclass(frozen=True)
+class SetFitEncoder:
+    """The encoder SetFit starts from: the benchmark's own (`backbone`), as a directory, and the prefix its
+    texts get (E5's `query: `)."""
+
+    backbone: str  # minilm | me5_small
+    directory: str
+    prefix: str = ""
+
+
+def setfit_encoder(cfg) -> SetFitEncoder:
+    """The preset's pretrained encoder for SetFit: all-MiniLM-L6-v2's sentence-transformers directory, or
+    multilingual-e5-small's rebuilt directory (`backbone=me5_small`, with its `query: ` prefix)."""
+    name = str(cfg.backbone.get("name_or_path"))
+    if name == "minilm":
+        return SetFitEncoder(name, resolve_model_path(name, "backbone.name_or_path")[0])
+    if name == me5.PACKAGED_NAME:
+        return SetFitEncoder(name, str(me5.model_directory(cfg.backbone.cache_dir)), cfg.backbone.prefix)
+    raise MetaNLPError(
+        f"peers: backbone.name_or_path={name!r}: the setfit peer runs on minilm or {me5.PACKAGED_NAME} (offline)"
+    )
+
+
+def setfit_model(encoder: SetFitEncoder):
+    """A SetFit model over `encoder`: its sentence-transformers directory as it is (MiniLM's modules: mean
+    pooling, normalisation), or for a plain transformers directory (the rebuilt E5) the modules E5's own
+    sentence-transformers release has: mean pooling, then L2 normalisation. The head is SetFit's default."""
+    from setfit import SetFitModel
+
+    if (Path(encoder.directory) / "modules.json").is_file():
+        return SetFitModel.from_pretrained(encoder.directory, local_files_only=True)
+    from sentence_transformers import SentenceTransformer, models
+    from sklearn.linear_model import LogisticRegression
+
+    transformer = models.Transformer(encoder.directory, max_seq_length=128)
+    pooling = models.Pooling(transformer.auto_model.config.hidden_size, pooling_mode="mean")
+    body = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    return SetFitModel(model_body=body, model_head=LogisticRegression())
+
+
 def setfit_predictions(
-    model_dir: str, texts: list[str], labels: list[int], evaluation: list[str], seed: int, scratch: Path
+    encoder: SetFitEncoder, texts: list[str], labels: list[int], evaluation: list[str], seed: int, scratch: Path
 ):
     """Train SetFit with its default arguments on one training set; its predictions on `evaluation`.
     What it writes (its trainer's output folder) goes under `scratch`, not into the working directory."""
     from datasets import Dataset
-    from setfit import SetFitModel, Trainer, TrainingArguments
+    from setfit import Trainer, TrainingArguments
 
-    model = SetFitModel.from_pretrained(model_dir, local_files_only=True)
+    model = setfit_model(encoder)
+    texts, evaluation = ([encoder.prefix + text for text in part] for part in (texts, evaluation))
     arguments = TrainingArguments(  # the default training arguments; only where it writes and logs is set
         seed=seed,
         report_to="none",
@@ -114,7 +159,9 @@ class RowIds:
         return [self.texts[int(row_id) - 1] for row_id in inputs[:, 0]]
 
 
-def episodic_results(protocol: EpisodicProtocol, dataset, count: int, model_dir: str, seed: int, scratch: Path) -> dict:
+def episodic_results(
+    protocol: EpisodicProtocol, dataset, count: int, encoder: SetFitEncoder, seed: int, scratch: Path
+) -> dict:
     """The setfit package trained on the support set of each of the protocol's first `count` fixed test
     episodes, scored on its query set: results.json's episodic fields (the accuracies in episode order)."""
     rows = RowIds()
@@ -127,7 +174,7 @@ def episodic_results(protocol: EpisodicProtocol, dataset, count: int, model_dir:
         labels = episode.support.labels.tolist()
         print(f"   setfit: episode {index + 1} of {len(episodes)} ({len(labels)} examples)", flush=True)
         predictions = setfit_predictions(
-            model_dir, rows.texts_of(episode.support.inputs), labels, rows.texts_of(episode.query.inputs), seed, scratch
+            encoder, rows.texts_of(episode.support.inputs), labels, rows.texts_of(episode.query.inputs), seed, scratch
         )
         accuracies.append(float((torch.tensor(predictions) == episode.query.labels).double().mean()))
     return {
@@ -161,13 +208,13 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
         protocol = build(check_composition("train", protocol_overrides).protocol, "protocol")
     if isinstance(protocol, EpisodicProtocol) and peer == "setfit":
         started = time.perf_counter()
-        model_dir, _ = resolve_model_path("minilm", "peers")
-        results = episodic_results(protocol, load_dataset(cfg), episodes, model_dir, seed, out / "setfit_trainer")
+        encoder = setfit_encoder(cfg)
+        results = episodic_results(protocol, load_dataset(cfg), episodes, encoder, seed, out / "setfit_trainer")
         shutil.rmtree(out / "setfit_trainer", ignore_errors=True)
         results |= {
             "dataset": dataset_choice(overrides),
             "algo": PEERS[peer],
-            "backbone": "minilm",
+            "backbone": encoder.backbone,
             "peer": setfit_fields(seed),
             "wall_seconds": time.perf_counter() - started,
         }
@@ -180,7 +227,7 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
     dataset = load_dataset(cfg)
     if not isinstance(dataset, TaskCollection):
         raise MetaNLPError(f"peers: {dataset.name} is a class split; give a task collection (e.g. dataset=lmbff/sst2)")
-    model_dir, _ = resolve_model_path("minilm", "peers")
+    encoder = setfit_encoder(cfg) if peer == "setfit" else None
     groups, notes, left_out, started = {}, [], [], time.perf_counter()
     for task in dataset.phase_tasks("test"):
         if task.regression:
@@ -188,7 +235,9 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
             left_out.append(task.name)
             continue
         if task.is_pair and peer == "setfit":
-            notes.append(f"{task.name}: each sentence pair joined into one text by {separator_token(model_dir)}")
+            notes.append(
+                f"{task.name}: each sentence pair joined into one text by {separator_token(encoder.directory)}"
+            )
         split = next(s for s in protocol.evaluation_splits["test"] if task.split(s) is not None)
         evaluation = task.split(split)
         for name, rows in protocol.training_sets(task):
@@ -196,9 +245,9 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
             texts, labels = [task.train.texts[i] for i in chosen], [int(task.train.labels[i]) for i in chosen]
             print(f"   {peer}: {name} ({len(texts)} examples), scoring {len(evaluation.labels)}", flush=True)
             if peer == "setfit":
-                separator = separator_token(model_dir) if task.is_pair else ""
+                separator = separator_token(encoder.directory) if task.is_pair else ""
                 predictions = setfit_predictions(
-                    model_dir,
+                    encoder,
                     single_texts(texts, separator),
                     labels,
                     single_texts(evaluation.texts, separator),
@@ -223,7 +272,7 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
         "split": "test",
         "dataset": dataset_choice(overrides),  # as `metanlp eval` names it, so `metanlp report` pairs the runs
         "algo": PEERS[peer],
-        "backbone": "minilm" if peer == "setfit" else "none",
+        "backbone": encoder.backbone if encoder else "none",
         "peer": (
             setfit_fields(seed)
             if peer == "setfit"

@@ -356,3 +356,18 @@ def test_the_setfit_peer_gives_a_sentence_pair_as_one_text_joined_by_the_separat
     ids = tokenizer(joined)["input_ids"]
     assert ids.count(tokenizer.sep_token_id) == 2  # the special token between the sentences, and at the end
     assert ids == tokenizer("good film", "bad film")["input_ids"]  # the ids of the pair encoding
+
+
+def test_the_setfit_peer_starts_from_the_benchmarks_own_encoder(compose_config, monkeypatch):
+    """SetFit is set against our rows on the same encoder: MiniLM's directory for the English presets,
+    multilingual-e5-small's rebuilt directory (and E5's `query: ` prefix) for SIB-200; any other backbone is
+    one line naming the key."""
+    arsc = peers.setfit_encoder(compose_config("train", ["experiment=arsc"]))
+    assert arsc.backbone == "minilm" and arsc.prefix == ""
+    rebuilt = []
+    monkeypatch.setattr(peers.me5, "model_directory", lambda cache_dir: rebuilt.append(cache_dir) or "me5-dir")
+    sib = compose_config("train", ["experiment=sib200_kshot", "paths.cache_dir=somewhere"])
+    assert peers.setfit_encoder(sib) == peers.SetFitEncoder("me5_small", "me5-dir", "query: ")
+    assert rebuilt == ["somewhere"]
+    with pytest.raises(peers.MetaNLPError, match="backbone.name_or_path=.*minilm or me5_small"):
+        peers.setfit_encoder(compose_config("train", ["experiment=arsc", "backbone=cnn"]))
