@@ -234,10 +234,9 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
             notes.append(f"{task.name}: left out (regression)")
             left_out.append(task.name)
             continue
-        if task.is_pair and peer == "setfit":
-            notes.append(
-                f"{task.name}: each sentence pair joined into one text by {separator_token(encoder.directory)}"
-            )
+        separator = separator_token(encoder.directory) if encoder and task.is_pair else ""
+        if separator:
+            notes.append(f"{task.name}: each sentence pair joined into one text by {separator}")
         split = next(s for s in protocol.evaluation_splits["test"] if task.split(s) is not None)
         evaluation = task.split(split)
         for name, rows in protocol.training_sets(task):
@@ -245,7 +244,6 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
             texts, labels = [task.train.texts[i] for i in chosen], [int(task.train.labels[i]) for i in chosen]
             print(f"   {peer}: {name} ({len(texts)} examples), scoring {len(evaluation.labels)}", flush=True)
             if peer == "setfit":
-                separator = separator_token(encoder.directory) if task.is_pair else ""
                 predictions = setfit_predictions(
                     encoder,
                     single_texts(texts, separator),
