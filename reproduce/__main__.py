@@ -295,9 +295,14 @@ def per_task_differences(record: dict, baseline: dict) -> dict[str, str]:
         cells[task] = (
             stats.format_score(difference, signed=True) if len(seeds) > 1 else f"{100 * difference['mean']:+.1f}"
         )
-    if cells and "average" in record and "average" in baseline:
+    if cells and "average" in record and "average" in baseline and same_tasks(record, baseline):
         cells["average"] = f"{100 * (record['average'] - baseline['average']):+.2f}"
     return cells
+
+
+def same_tasks(record: dict, other: dict) -> bool:
+    """Whether two task-table records cover the same tasks (so their averages are comparable)."""
+    return record.get("tasks", {}).keys() == other.get("tasks", {}).keys()
 
 
 def average(record: dict) -> float:
@@ -465,9 +470,15 @@ def benchmark_section(benchmark: Benchmark, records: list[dict]) -> list[str]:
         )
     if task_table:  # per task: the best method's paired difference from the baseline over the training sets
         for setting in settings:
-            scored = [(average(r), key) for key in benchmark.methods if (r := by_key.get((key, setting)))]
             baseline = by_key.get((reference_keys[0], setting))
-            if not scored or baseline is None:
+            if baseline is None:
+                continue
+            scored = [  # metanlp's rows over the baseline's tasks (a peer may leave some out: its average is another)
+                (average(r), key)
+                for key in ours(benchmark)
+                if (r := by_key.get((key, setting))) and same_tasks(r, baseline)
+            ]
+            if not scored:
                 continue
             best = max(scored)[1]
             differences = per_task_differences(by_key[(best, setting)], baseline) if best != reference_keys[0] else {}

@@ -231,6 +231,14 @@ def test_a_peer_that_left_tasks_out_says_its_average_covers_the_others_only(tmp_
         assert record["cells"]["average"] == expected
         assert record["cells"]["sst2"] == "70.0 (1.0)"
 
+    # its higher average over two tasks is not set against frozen's over five, nor picked as the best row
+    frozen_tasks = {name: task(0.3) for name in ("sst2", "mrpc", "cola", "stsb", "qnli")}
+    (tmp_path / "results.json").write_text(json.dumps({"tasks": frozen_tasks, "average": 0.3}))
+    frozen = runner.record_of(benchmark, setting, METHODS["frozen"], tmp_path, tmp_path, None)
+    assert runner.per_task_differences(record, frozen) == {"sst2": "+40.00 +/- 0.00", "cola": "-20.00 +/- 0.00"}
+    text = "\n".join(benchmark_section(benchmark, [frozen | {"method": "frozen"}, record]))
+    assert "| difference: setfit_package" not in text
+
 
 def test_a_committed_row_whose_plan_command_changed_is_marked_with_both_sides():
     """A committed row is kept on a fresh machine, but where today's plan would run it with other overrides
