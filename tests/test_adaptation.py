@@ -322,6 +322,7 @@ def test_fine_tuning_a_pretrained_encoder_adapts_what_the_backbone_trains(tiny_b
 
 
 @pytest.mark.smoke
+@pytest.mark.slow
 def test_a_finetune_checkpoint_is_adapted_the_setfit_way_at_eval(tmp_path):
     """`metanlp eval checkpoint=RUN +algo=setfit`: the fine-tuning baseline's meta-trained weights load into
     setfit, which then adapts each episode contrastively (no change to the eval recipe)."""

@@ -111,6 +111,7 @@ def test_launch_problems_are_one_line(monkeypatch):
 
 
 @pytest.mark.smoke
+@pytest.mark.slow  # the two-process meta-gradient test keeps the distributed math in make test
 def test_torchrun_with_two_processes_ends_with_the_single_process_results(tmp_path):
     overrides = ["debug=smoke", "backbone=lstm", "trainer.steps=4", "trainer.meta_batch_size=4"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

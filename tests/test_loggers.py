@@ -156,6 +156,7 @@ def test_a_tensorboard_run_is_read_back_with_tensorboards_event_reader(tmp_path)
 
 
 @pytest.mark.smoke
+@pytest.mark.slow
 @needs_mlflow
 def test_a_sweep_is_one_mlflow_experiment_with_a_run_per_job(tmp_path):
     from mlflow.tracking import MlflowClient

@@ -122,7 +122,9 @@ def test_smoke_train_on_real_data(name, compose_config, tmp_path):
     [
         ("glue/stsb", "protonet", []),
         # the MSE inner loop over the whole CNN diverges at MAML's classification rate of 0.1 (README, Regression)
-        ("glue/stsb", "maml", ["algo.inner_train.lr=0.001", "algo.inner_eval.lr=0.001"]),
+        pytest.param(  # make test-full: the protonet runs keep the CLI regression path in make test
+            "glue/stsb", "maml", ["algo.inner_train.lr=0.001", "algo.inner_eval.lr=0.001"], marks=pytest.mark.slow
+        ),
         ("lmbff/stsb", "protonet", []),
     ],
 )

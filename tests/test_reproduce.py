@@ -32,7 +32,10 @@ def test_the_published_settings_have_presets():
         assert isinstance(benchmark.published, tuple) and isinstance(benchmark.settings, tuple)
 
 
-@pytest.mark.parametrize("size", sorted(SIZES))
+# the full size composes the same rows with other budgets: make test-full
+@pytest.mark.parametrize(
+    "size", [pytest.param(size, marks=pytest.mark.slow) if size == "full" else size for size in SIZES]
+)
 @pytest.mark.parametrize("benchmark", BENCHMARKS, ids=lambda b: b.name)
 def test_every_planned_run_composes_and_builds_its_protocol(benchmark, size, compose_config):
     for setting in benchmark.settings:

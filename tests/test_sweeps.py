@@ -45,6 +45,7 @@ def test_a_sweep_gets_one_directory_per_job_and_a_report(tmp_path):
 
 
 @pytest.mark.smoke
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("optuna") is None, reason="needs the sweeps extra (optuna)")
 def test_an_optuna_search_maximises_the_validation_accuracy(tmp_path):
     sweep = tmp_path / "search"
