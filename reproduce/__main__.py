@@ -72,6 +72,12 @@ def wall_seconds(*run_dirs: Path) -> float | None:
     return sum(float(path.read_text()) for path in times) if all(path.is_file() for path in times) else None
 
 
+def peer_overrides(benchmark: Benchmark, setting: Setting, subset: tuple[str, ...] = ()) -> list[str]:
+    """A peer's overrides: the preset, the setting's, then its evaluation's (on the planned training sets)."""
+    evaluation = (*setting.evaluation.overrides, *subset) if setting.evaluation else ()
+    return [f"experiment={benchmark.train_preset or benchmark.name}", *setting.overrides, *evaluation]
+
+
 def score_run(
     benchmark: Benchmark,
     setting: Setting,
@@ -106,11 +112,9 @@ def score_run(
         ):
             return kept
         run_dir = output_root / size / preset / method.key / setting.name  # a peer's run is per setting, not shared
-        evaluation = (*setting.evaluation.overrides, *subset) if setting.evaluation else ()
-        peer_overrides = [f"experiment={preset}", *setting.overrides, *evaluation]
         command = [sys.executable, "-m", "reproduce.peers", "--peer", method.peer, "--out", str(run_dir)]
         if execute:
-            run_command([*command, *peer_overrides], run_dir)
+            run_command([*command, *peer_overrides(benchmark, setting, subset)], run_dir)
         return record_of(benchmark, setting, method, run_dir, run_dir, kept, bool(subset))
     planned = {"train_command": shlex.join(["metanlp", "train", *train_overrides])}
     if execute:

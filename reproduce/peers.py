@@ -191,6 +191,22 @@ def episodic_results(
     }
 
 
+def as_train_overrides(overrides: list[str]) -> list[str]:
+    """The overrides as the peer composes them: on the preset's train config, where `metanlp eval` merges an
+    evaluation's overrides over the checkpoint's config. An evaluation's addition (`+dataset.k=1`,
+    `+dataset.target_languages=null`) may name a key the preset already has, so it adds or overrides (`++`)."""
+    return [f"+{o}" if o.startswith("+") and not o.startswith("++") else o for o in overrides]
+
+
+def protocol_of(cfg, overrides: list[str]):
+    """The protocol as `metanlp eval` builds it: its own group's config, not merged with the preset's episodic
+    keys; an episodic one (no evaluation: the train run's own test) as `metanlp train` builds it, the preset's in."""
+    if cfg.protocol._target_ == EPISODIC:
+        return build(cfg.protocol, "protocol")
+    protocol_overrides = [o for o in overrides if o.lstrip("+~").startswith("protocol")]
+    return build(check_composition("train", protocol_overrides).protocol, "protocol")
+
+
 def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: int = 50) -> dict:
     if peer not in PEERS:
         raise MetaNLPError(f"peers: --peer {peer!r} is not known; allowed: {', '.join(PEERS)}")
@@ -198,14 +214,9 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
         raise MetaNLPError(MISSING)
     if episodes < 1:
         raise MetaNLPError(f"peers: --episodes {episodes}; allowed: an integer >= 1")
+    overrides = as_train_overrides(overrides)
     cfg = check_composition("train", overrides)
-    # the protocol as `metanlp eval` builds it: its own group's config, not merged with the preset's episodic keys;
-    # an episodic one (no evaluation: the train run's own test) as `metanlp train` builds it, the preset's keys in
-    if cfg.protocol._target_ == EPISODIC:
-        protocol = build(cfg.protocol, "protocol")
-    else:
-        protocol_overrides = [o for o in overrides if o.lstrip("+~").startswith("protocol")]
-        protocol = build(check_composition("train", protocol_overrides).protocol, "protocol")
+    protocol = protocol_of(cfg, overrides)
     if isinstance(protocol, EpisodicProtocol) and peer == "setfit":
         started = time.perf_counter()
         encoder = setfit_encoder(cfg)

@@ -382,3 +382,21 @@ def test_the_setfit_peer_starts_from_the_benchmarks_own_encoder(compose_config, 
     assert rebuilt == ["somewhere"]
     with pytest.raises(peers.MetaNLPError, match="backbone.name_or_path=.*minilm or me5_small"):
         peers.setfit_encoder(compose_config("train", ["experiment=arsc", "backbone=cnn"]))
+
+
+@pytest.mark.parametrize(
+    "benchmark",
+    [b for b in BENCHMARKS if any(METHODS[k].peer for k in b.methods)],
+    ids=lambda b: b.name,
+)
+def test_every_planned_peer_command_composes_its_evaluations_tasks(benchmark, compose_config):
+    """A peer composes the evaluation's overrides on the preset's train config, where `metanlp eval` merges them
+    over a checkpoint's: SIB-200's `+dataset.target_languages=null` names a key the preset has (English only),
+    and must add or override it, so the peer adapts in every language as the eval does."""
+    for setting in benchmark.settings:
+        overrides = peers.as_train_overrides(runner.peer_overrides(benchmark, setting))
+        cfg = compose_config("train", overrides)
+        peers.protocol_of(cfg, overrides)
+        if benchmark.name == "sib200_kshot":
+            assert cfg.dataset.target_languages is None  # all 12 languages, not the preset's English
+            assert f"+dataset.k={cfg.dataset.k}" in setting.evaluation.overrides
