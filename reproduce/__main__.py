@@ -221,6 +221,9 @@ def record_of(
         # a peer that left tasks out (the setfit package: regression, sentence pairs) averages the others only
         left_out = results.get("left_out", results.get("notes"))  # older peer runs: every note was a task left out
         record["cells"]["average"] = f"{average} ({', '.join(tasks)} only)" if left_out else average
+        if results.get("left_out"):  # by design, not "not run"
+            record["left_out"] = results["left_out"]
+            record["cells"] |= {name: "left out" for name in results["left_out"]}
     if subset and record["training_sets"]:
         counts = sorted({len(sets) for sets in record["training_sets"].values()})
         column = "average" if "average" in record["cells"] else setting.name

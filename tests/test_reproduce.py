@@ -233,6 +233,7 @@ def test_a_peer_that_left_tasks_out_says_its_average_covers_the_others_only(tmp_
         record = runner.record_of(benchmark, setting, METHODS["setfit_package"], tmp_path, tmp_path, None)
         assert record["cells"]["average"] == expected
         assert record["cells"]["sst2"] == "70.0 (1.0)"
+        assert record["cells"].get("stsb") == ("left out" if fields.get("left_out") else None)  # not "not run"
 
     # its higher average over two tasks is not set against frozen's over five, nor picked as the best row
     frozen_tasks = {name: task(0.3) for name in ("sst2", "mrpc", "cola", "stsb", "qnli")}
