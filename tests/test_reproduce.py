@@ -387,14 +387,14 @@ def test_the_setfit_peer_starts_from_the_benchmarks_own_encoder(compose_config, 
 
 @pytest.mark.parametrize(
     "benchmark",
-    [b for b in BENCHMARKS if any(METHODS[k].peer for k in b.methods)],
+    [b for b in BENCHMARKS if any(METHODS[k].peer for k in b.methods) and any(s.evaluation for s in b.settings)],
     ids=lambda b: b.name,
 )
 def test_every_planned_peer_command_composes_its_evaluations_tasks(benchmark, compose_config):
     """A peer composes the evaluation's overrides on the preset's train config, where `metanlp eval` merges them
     over a checkpoint's: SIB-200's `+dataset.target_languages=null` names a key the preset has (English only),
     and must add or override it, so the peer adapts in every language as the eval does."""
-    for setting in benchmark.settings:
+    for setting in [s for s in benchmark.settings if s.evaluation]:  # the others: the preset's, composed above
         overrides = peers.as_train_overrides(runner.peer_overrides(benchmark, setting))
         cfg = compose_config("train", overrides)
         peers.protocol_of(cfg, overrides)
