@@ -401,3 +401,49 @@ def test_every_planned_peer_command_composes_its_evaluations_tasks(benchmark, co
         if benchmark.name == "sib200_kshot":
             assert cfg.dataset.target_languages is None  # all 12 languages, not the preset's English
             assert f"+dataset.k={cfg.dataset.k}" in setting.evaluation.overrides
+
+
+def test_the_goals_line_says_whether_goal_a_and_goal_b_hold():
+    """(a): a metanlp row above the best published number; (b): a metanlp row above frozen and the setfit package
+    (and ARSC's majority constant) by paired differences whose 95% CIs exclude zero, or why it is not shown."""
+    benchmark = next(b for b in BENCHMARKS if b.name == "huffpost_bao2020")  # published 43.0 (1-shot)
+    frozen = record("frozen", "1-shot", [0.5, 0.6, 0.7, 0.8])
+    trained = record("protonet", "1-shot", [0.6, 0.65, 0.8, 0.9])
+    by_key = lambda *records: {(r["method"], r["setting"]): r for r in records}  # noqa: E731
+    line = runner.goals(benchmark, by_key(frozen, trained), ["1-shot"])[0]
+    assert line == (
+        "Goals: 1-shot: (a) met (protonet 73.75, +30.75 against 43.00); "
+        "(b) not shown, the setfit package has not run (protonet beats frozen)."
+    )
+    below = record("setfit_package", "1-shot", [0.55, 0.6, 0.75, 0.85])  # protonet +0.05 on every episode
+    assert "(b) met by protonet." in runner.goals(benchmark, by_key(frozen, trained, below), ["1-shot"])[0]
+    above = record("setfit_package", "1-shot", [0.65, 0.7, 0.85, 0.95])
+    assert "(b) not met." in runner.goals(benchmark, by_key(frozen, trained, above), ["1-shot"])[0]
+
+    arsc = next(b for b in BENCHMARKS if b.name == "arsc")  # published 85.63; a majority constant is planned
+    rows = [
+        record(key, "5-shot", units)
+        for key, units in (("frozen", [0.5, 0.6, 0.7]), ("setfit_package", [0.5, 0.6, 0.7]))
+    ]
+    ours = record("maml_head_prior", "5-shot", [0.8, 0.9, 0.95])
+    for majority, expected in (([0.7, 0.8, 0.85], "(b) met by maml_head_prior"), ([0.9, 0.95, 0.97], "(b) not met")):
+        line = runner.goals(arsc, by_key(*rows, ours, record("majority", "5-shot", majority)), ["5-shot"])[0]
+        assert "(a) met (maml_head_prior 88.33, +2.70 against 85.63)" in line
+        assert expected in line
+
+
+def test_a_published_number_is_set_against_our_score_in_its_own_metric():
+    """BERT-base's MRPC 88.9 is F1: ours is our F1, not GLUE's combined F1/accuracy mean (the task's main score)."""
+    glue = next(b for b in BENCHMARKS if b.name == "glue_lowres")
+    published = {p.setting: p for p in glue.published}
+    assert (published["mrpc"].metric, published["stsb"].metric) == ("f1", "pearson")
+    ours = {
+        "method": "finetune_encoder_1epoch", "setting": "full train", "tasks": {"mrpc": {"mean": 0.8124}},
+        "task_scores": {"mrpc": {"f1": 0.8454, "accuracy": 0.7794, "combined": 0.8124}},
+    }  # fmt: skip
+    assert runner.published_counterpart(ours, "mrpc", "f1") == pytest.approx(84.54)
+    assert runner.published_counterpart(ours, "mrpc") == pytest.approx(81.24)  # no metric named: the main score
+    committed = {key: value for key, value in ours.items() if key != "task_scores"}  # kept before task_scores
+    assert runner.published_counterpart(committed, "mrpc", "f1") == pytest.approx(81.24)
+    line = runner.goals(glue, {("finetune_encoder_1epoch", "full train"): ours}, ["full train"])[0]
+    assert "mrpc not met (finetune_encoder_1epoch 84.54, -4.36 against 88.90)" in line
