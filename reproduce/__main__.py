@@ -200,6 +200,9 @@ def record_of(
         if "of_episodes" in results:  # a peer on the first of the fixed test episodes: paired over those
             record["episode_prefix"] = results["episodes"]
             record["cells"][setting.name] += f" ({results['episodes']} of {results['of_episodes']} episodes)"
+        elif method.episodes:  # a costly method of ours, likewise
+            record["episode_prefix"] = results["episodes"]
+            record["cells"][setting.name] += f" (the first {results['episodes']} episodes)"
         return record
     # task protocols (arsc, kshot, glue_lowres): each task's main score, paired across methods by task
     tasks = results["tasks"]

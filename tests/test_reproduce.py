@@ -50,9 +50,13 @@ def test_every_planned_run_composes_and_builds_its_protocol(benchmark, size, com
             cfg = compose_config("train", overrides)
             budget = [o for o in (*SIZES[size], *METHODS[key].overrides) if o.startswith("trainer.steps=")]
             assert cfg.trainer.steps == int(budget[-1].split("=")[1])  # the method's own budget wins
-            no_meta_training = key in ("linear_probe", "finetune_encoder", "finetune_encoder_1epoch", "setfit")
+            no_meta_training = key in (
+                "linear_probe", "finetune_encoder", "finetune_encoder_1epoch", "finetune_encoder_episodes", "setfit"
+            )  # fmt: skip
             assert (cfg.trainer.steps == 0) == no_meta_training
             build(cfg.protocol, "protocol")
+            if METHODS[key].episodes:  # scored on the first episodes only: the train run's test is cut to them
+                assert cfg.protocol.episodes == METHODS[key].episodes
             check_arguments(cfg.algo, "algo", {"encoder", "label_space"})
             if METHODS[key].baseline:
                 assert cfg.backbone.encoder.trainable_layers == 0
@@ -447,3 +451,22 @@ def test_a_published_number_is_set_against_our_score_in_its_own_metric():
     assert runner.published_counterpart(committed, "mrpc", "f1") == pytest.approx(81.24)
     line = runner.goals(glue, {("finetune_encoder_1epoch", "full train"): ours}, ["full train"])[0]
     assert "mrpc not met (finetune_encoder_1epoch 84.54, -4.36 against 88.90)" in line
+
+
+def test_a_costly_episodic_method_is_paired_with_the_others_over_its_first_episodes(tmp_path):
+    """Whole-encoder fine-tuning per test episode runs on the first 50 fixed episodes (episode i is the same in every
+    run): its cell says so and its paired difference is over those episodes, not set against all 1,000."""
+    benchmark = next(b for b in BENCHMARKS if b.name == "huffpost_bao2020")
+    setting = benchmark.settings[0]
+    accuracies = [0.6, 0.7, 0.8]
+    score = {"mean": 0.7, "std": 0.1, "ci95": 0.248, "count": 3}
+    (tmp_path / "results.json").write_text(
+        json.dumps({"accuracy": score, "episode_accuracies": accuracies, "episodes": 3, "wall_seconds": 1.0})
+    )
+    (tmp_path / "command.txt").write_text("metanlp train ...\n")
+    method = METHODS["finetune_encoder_episodes"]
+    tuned = runner.record_of(benchmark, setting, method, tmp_path, tmp_path, None) | {"method": method.key}
+    assert tuned["episode_prefix"] == 3 and tuned["cells"]["1-shot"].endswith("(the first 3 episodes)")
+    frozen = record("frozen", "1-shot", [0.5, 0.6, 0.7, 0.1, 0.1])  # 5 episodes; the first 3 are paired
+    difference = paired_difference(tuned, frozen)
+    assert difference["count"] == 3 and difference["mean"] == pytest.approx(0.1)
