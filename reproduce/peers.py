@@ -243,7 +243,7 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
     for task in dataset.phase_tasks("test"):
         if task.regression:
             notes.append(f"{task.name}: left out (regression)")
-            left_out.append(task.name)
+            left_out.append(task.group or task.name)  # the table's column (a task), not one training set
             continue
         separator = separator_token(encoder.directory) if encoder and task.is_pair else ""
         if separator:
@@ -288,7 +288,7 @@ def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: in
             else {"constant": "the most frequent label of each task's evaluation split"}
         ),
         "notes": notes,
-        "left_out": left_out,  # tasks not scored: the average is over the others
+        "left_out": list(dict.fromkeys(left_out)),  # tasks not scored: the average is over the others
         "wall_seconds": time.perf_counter() - started,
     }
     return write_results(out, results)

@@ -178,6 +178,21 @@ def test_the_majority_peer_scores_each_arsc_target_by_its_most_frequent_test_lab
     assert json.loads((tmp_path / "results.json").read_text())["tasks"]["books.t2"]["k_shot"] == [5]
 
 
+def test_a_peer_leaves_a_regression_task_out_by_its_column_name(tmp_path):
+    """LM-BFF's STS-B (5 training sets) is left out as one task, `stsb`, so its cell says "left out"."""
+    from tests.conftest import data_root
+
+    if data_root() is None:
+        pytest.skip("METANLP_DATA_ROOT is not set")
+    benchmark = next(b for b in BENCHMARKS if b.name == "lmbff16_glue")
+    setting = benchmark.settings[0]
+    results = peers.run("majority", runner.peer_overrides(benchmark, setting), tmp_path)
+    assert results["left_out"] == ["stsb"] and "stsb" not in results["tasks"]
+    (tmp_path / "command.txt").write_text("python -m reproduce.peers ...\n")
+    cells = runner.record_of(benchmark, setting, METHODS["majority"], tmp_path, tmp_path, None)["cells"]
+    assert cells["stsb"] == "left out" and set(cells) == {"sst2", "mrpc", "cola", "stsb", "qnli", "average"}
+
+
 def test_a_peer_that_is_not_installed_is_one_line_and_its_row_is_skipped_with_a_note(monkeypatch, tmp_path):
     from metanlp_cli.errors import MetaNLPError
     from reproduce import peers
