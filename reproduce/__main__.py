@@ -474,11 +474,9 @@ def goal_a(benchmark: Benchmark, rows: dict, setting: str) -> str:
         ]
         ours_best, key = max(scored)
         gap = ours_best - published.value
-        verdict_ = "met" if gap > 0 else "not met"
-        where = "" if column == setting else f"{column} "
-        outcomes.append(
-            (gap > 0, f"{where}{verdict_} ({key} {ours_best:.2f}, {gap:+.2f} against {published.value:.2f})")
-        )
+        where = f"{column} " if column != setting else ""
+        numbers = f"({key} {ours_best:.2f}, {gap:+.2f} against {published.value:.2f})"
+        outcomes.append((gap > 0, f"{where}{'met' if gap > 0 else 'not met'} {numbers}"))
     if len(outcomes) == 1:
         return outcomes[0][1]
     met = sum(holds for holds, _ in outcomes)
