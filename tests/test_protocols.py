@@ -188,6 +188,7 @@ def write_arsc(root) -> None:
 
 
 @pytest.mark.smoke
+@pytest.mark.slow  # make test-full; the k-shot eval of a checkpoint (the same eval path) stays in make test
 def test_eval_runs_the_arsc_protocol_on_a_checkpoint(tmp_path):
     write_arsc(tmp_path)
     run_dir = tmp_path / "run"

@@ -125,7 +125,7 @@ def test_smoke_train_on_real_data(name, compose_config, tmp_path):
         pytest.param(  # make test-full: the protonet runs keep the CLI regression path in make test
             "glue/stsb", "maml", ["algo.inner_train.lr=0.001", "algo.inner_eval.lr=0.001"], marks=pytest.mark.slow
         ),
-        ("lmbff/stsb", "protonet", []),
+        pytest.param("lmbff/stsb", "protonet", [], marks=pytest.mark.slow),  # make test-full: glue/stsb's stays
     ],
 )
 def test_stsb_meta_trains_from_the_cli_and_eval_reproduces_it(dataset, algo, overrides, tmp_path):

@@ -149,6 +149,7 @@ def test_resume_refuses_to_change_the_saved_config(compose_config, tmp_path):
 
 
 @pytest.mark.smoke
+@pytest.mark.slow  # make test-full; test_reliability's Ctrl-C test resumes a CLI run in its directory in make test
 def test_cli_resume_continues_in_the_run_directory(tmp_path):
     root = tmp_path / "outputs"
     first = metanlp("train", "debug=smoke", f"paths.output_root={root}")
