@@ -115,9 +115,10 @@ PRIOR = ("sampler.class_order=declared", "sampler.query=natural")
 
 EPISODE_PREFIX = 50  # the fixed test episodes a costly episodic method is scored on (the setfit peer's default)
 
-# Adapting the whole encoder at test time: every layer trains, nothing is frozen or cached. Nothing is
-# meta-trained, so the train run's own validation and episodic test (each episode a fine-tuning) are
-# cut to 1 episode: the table's score is the eval's protocol (ARSC's 12 targets, k-shot training sets).
+# Adapting the whole encoder at test time: every layer trains, nothing is frozen or cached, nothing is
+# meta-trained (its validation is 1 episode). WHOLE_ENCODER also cuts the train run's own episodic test (each
+# episode a fine-tuning) to 1 episode: the table's score is the eval's protocol (ARSC's 12 targets, k-shot
+# training sets); on an episodic benchmark `finetune_encoder_episodes` scores EPISODE_PREFIX of them instead.
 WHOLE_ENCODER_UNTRAINED = (
     "backbone.encoder.trainable_layers=all",
     "backbone.encoder.attention=sdpa",
