@@ -78,6 +78,19 @@ def peer_overrides(benchmark: Benchmark, setting: Setting, subset: tuple[str, ..
     return [f"experiment={benchmark.train_preset or benchmark.name}", *setting.overrides, *evaluation]
 
 
+def peer_arguments(
+    benchmark: Benchmark, setting: Setting, method: Method, size: str, run_dir: Path, subset: tuple[str, ...] = ()
+) -> list[str]:
+    """`python -m reproduce.peers`'s arguments for a peer method's run: on an episodic test, the first
+    `peer_episodes` of the fixed test episodes where the benchmark sets them for this size and column."""
+    episodes = benchmark.peer_episodes.get(size, {}).get(setting.fold_of or setting.name)
+    return [
+        *("--peer", str(method.peer), "--out", str(run_dir)),
+        *(("--episodes", str(episodes)) if episodes else ()),
+        *peer_overrides(benchmark, setting, subset),
+    ]
+
+
 def score_run(
     benchmark: Benchmark,
     setting: Setting,
@@ -112,9 +125,9 @@ def score_run(
         ):
             return kept
         run_dir = output_root / size / preset / method.key / setting.name  # a peer's run is per setting, not shared
-        command = [sys.executable, "-m", "reproduce.peers", "--peer", method.peer, "--out", str(run_dir)]
         if execute:
-            run_command([*command, *peer_overrides(benchmark, setting, subset)], run_dir)
+            arguments = peer_arguments(benchmark, setting, method, size, run_dir, subset)
+            run_command([sys.executable, "-m", "reproduce.peers", *arguments], run_dir)
         return record_of(benchmark, setting, method, run_dir, run_dir, kept, bool(subset))
     planned = {"train_command": shlex.join(["metanlp", "train", *train_overrides])}
     if execute:

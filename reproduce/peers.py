@@ -49,6 +49,7 @@ from metanlp_cli.metrics import task_scores
 from metanlp_cli.protocols.episodic import EpisodicProtocol
 from metanlp_cli.protocols.kshot import KShotProtocol, record_training_set, summarise_groups
 from metanlp_cli.stats import mean_confidence_interval
+from reproduce.plan import EPISODE_PREFIX
 
 PACKAGE = "setfit"
 MISSING = f"the {PACKAGE} package is not installed (the peers extra: pip install 'metanlp_cli[peers]')"
@@ -207,7 +208,7 @@ def protocol_of(cfg, overrides: list[str]):
     return build(check_composition("train", protocol_overrides).protocol, "protocol")
 
 
-def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: int = 50) -> dict:
+def run(peer: str, overrides: list[str], out: Path, seed: int = 42, episodes: int = EPISODE_PREFIX) -> dict:
     if peer not in PEERS:
         raise MetaNLPError(f"peers: --peer {peer!r} is not known; allowed: {', '.join(PEERS)}")
     if peer == "setfit" and not available():
@@ -319,16 +320,23 @@ def package_version() -> str:
     return version(PACKAGE)
 
 
-def main() -> None:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reproduce.peers", description=__doc__.splitlines()[0])
     parser.add_argument("--peer", choices=sorted(PEERS), default="setfit")
     parser.add_argument("--out", type=Path, required=True, help="the run directory for results.json")
     parser.add_argument("--seed", type=int, default=42, help="SetFit's seed (its default, 42)")
     parser.add_argument(
-        "--episodes", type=int, default=50, help="episodic protocols: SetFit on the first N fixed test episodes"
+        "--episodes",
+        type=int,
+        default=EPISODE_PREFIX,
+        help="episodic protocols: SetFit on the first N fixed test episodes",
     )
     parser.add_argument("overrides", nargs="*", help="a train config's overrides: the preset, then the evaluation's")
-    options = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    options = argument_parser().parse_args()
     logging.basicConfig(level=logging.WARNING)
     try:
         results = run(options.peer, options.overrides, options.out, options.seed, options.episodes)

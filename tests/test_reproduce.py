@@ -16,7 +16,7 @@ from metanlp_cli.components import encode_splits
 from metanlp_cli.config import build, check_arguments
 from reproduce import peers
 from reproduce.__main__ import benchmark_section, paired_difference, per_task_differences
-from reproduce.plan import BENCHMARKS, METHODS, SIZES
+from reproduce.plan import BENCHMARKS, EPISODE_PREFIX, METHODS, SIZES
 
 ISSUE_PRESETS = {
     "huffpost_bao2020", "reuters_bao2020", "banking77_protaugment", "clinc150_protaugment",
@@ -53,7 +53,8 @@ def test_every_planned_run_composes_and_builds_its_protocol(benchmark, size, com
             budget = [o for o in (*SIZES[size], *METHODS[key].overrides) if o.startswith("trainer.steps=")]
             assert cfg.trainer.steps == int(budget[-1].split("=")[1])  # the method's own budget wins
             no_meta_training = key in (
-                "linear_probe", "finetune_encoder", "finetune_encoder_1epoch", "finetune_encoder_episodes", "setfit"
+                "linear_probe", "finetune_encoder", "finetune_encoder_1epoch", "finetune_encoder_episodes", "setfit",
+                "setfit_episodes",
             )  # fmt: skip
             assert (cfg.trainer.steps == 0) == no_meta_training
             build(cfg.protocol, "protocol")
@@ -422,6 +423,23 @@ def test_every_planned_peer_command_composes_its_evaluations_tasks(benchmark, co
         if benchmark.name == "sib200_kshot":
             assert cfg.dataset.target_languages is None  # all 12 languages, not the preset's English
             assert f"+dataset.k={cfg.dataset.k}" in setting.evaluation.overrides
+
+
+def test_a_peer_is_scored_on_the_first_episodes_its_benchmark_plans_for_the_size(tmp_path):
+    """BANKING77's 5-shot SetFit takes about 40 s an episode here: at cpu size each fold's peer scores the first
+    15 fixed test episodes; its 1-shot folds and the full size keep the default, EPISODE_PREFIX."""
+    banking = next(b for b in BENCHMARKS if b.name == "banking77_protaugment")
+    folds = {setting.name: setting for setting in banking.settings}
+    method = METHODS["setfit_package"]
+
+    def parsed(setting: str, size: str):
+        arguments = runner.peer_arguments(banking, folds[setting], method, size, tmp_path)
+        return peers.argument_parser().parse_args(arguments)
+
+    options = parsed("5-shot fold 3", "cpu")
+    assert options.episodes == 15 and options.out == tmp_path
+    assert options.overrides == ["experiment=banking77_protaugment", "protocol=protaugment_5shot", "dataset.fold=3"]
+    assert parsed("1-shot fold 3", "cpu").episodes == parsed("5-shot fold 3", "full").episodes == EPISODE_PREFIX
 
 
 def test_the_goals_line_says_whether_goal_a_and_goal_b_hold():
